@@ -1,0 +1,299 @@
+//! One behaviour suite that every backend must pass.
+//!
+//! Each backend's tests call [`run_all`] with a bucket and a fresh prefix (ending in `/`). The
+//! suite panics with a message naming the broken promise: it is test code.
+
+use bytes::Bytes;
+
+use crate::checksum::crc32c;
+use crate::{ChecksumMode, ObjectAttrs, ObjectPath, PartSpec, Pin, Store, StoreError};
+
+fn data(len: usize, seed: u8) -> Bytes {
+    let mut v = Vec::with_capacity(len);
+    let mut x: u32 = 0x9E37_79B9 ^ u32::from(seed);
+    for _ in 0..len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push((x >> 24) as u8);
+    }
+    Bytes::from(v)
+}
+
+async fn read_all(store: &dyn Store, path: &ObjectPath) -> Bytes {
+    let meta = store.head(path).await.expect("head after write");
+    store
+        .get_range(path, &Pin::of(&meta), 0, meta.size)
+        .await
+        .expect("read back")
+}
+
+/// Run every check against `store`.
+pub async fn run_all(store: &dyn Store, bucket: &str, prefix: &str) {
+    put_head_get(store, bucket, prefix).await;
+    missing_object(store, bucket, prefix).await;
+    pinned_reads(store, bucket, prefix).await;
+    multipart_round_trip(store, bucket, prefix).await;
+    abort_leaves_nothing(store, bucket, prefix).await;
+    wrong_checksum_rejected(store, bucket, prefix).await;
+    server_side_part_copy(store, bucket, prefix).await;
+    delete_is_exact(store, bucket, prefix).await;
+}
+
+pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
+    let path = ObjectPath::new(bucket, format!("{prefix}small.bin"));
+    let body = data(1000, 1);
+    let mut attrs = ObjectAttrs {
+        content_type: Some("application/x-barge-test".into()),
+        cache_control: Some("max-age=60".into()),
+        ..Default::default()
+    };
+    attrs.user_metadata.insert("origin".into(), "conformance".into());
+    store
+        .put(&path, body.clone(), &attrs, Some(crc32c(&body)))
+        .await
+        .expect("put");
+    let meta = store.head(&path).await.expect("head");
+    assert_eq!(meta.size, 1000, "head reports the size written");
+    if store.capabilities().metadata {
+        assert_eq!(meta.attrs.content_type, attrs.content_type, "content type kept");
+        assert_eq!(meta.attrs.cache_control, attrs.cache_control, "cache control kept");
+        assert_eq!(meta.attrs.user_metadata, attrs.user_metadata, "user metadata kept");
+    }
+    let part = store
+        .get_range(&path, &Pin::of(&meta), 100, 50)
+        .await
+        .expect("ranged read");
+    assert_eq!(part, body.slice(100..150), "ranged read returns exactly the range");
+    // Zero-byte objects exist too.
+    let empty = ObjectPath::new(bucket, format!("{prefix}empty.bin"));
+    store
+        .put(&empty, Bytes::new(), &ObjectAttrs::default(), Some(crc32c(&[])))
+        .await
+        .expect("put empty");
+    assert_eq!(store.head(&empty).await.expect("head empty").size, 0);
+    let listed = store.list(bucket, prefix).await.expect("list");
+    let keys: Vec<&str> = listed.iter().map(|m| m.path.key.as_str()).collect();
+    assert!(keys.contains(&path.key.as_str()), "list shows {}: {keys:?}", path.key);
+    assert!(keys.contains(&empty.key.as_str()), "list shows the empty object: {keys:?}");
+}
+
+pub async fn missing_object(store: &dyn Store, bucket: &str, prefix: &str) {
+    let path = ObjectPath::new(bucket, format!("{prefix}does-not-exist"));
+    match store.head(&path).await {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!("head of a missing key must be NotFound, got {other:?}"),
+    }
+}
+
+pub async fn pinned_reads(store: &dyn Store, bucket: &str, prefix: &str) {
+    let path = ObjectPath::new(bucket, format!("{prefix}pinned.bin"));
+    let v1 = data(4096, 2);
+    store
+        .put(&path, v1, &ObjectAttrs::default(), None)
+        .await
+        .expect("put v1");
+    let pin = Pin::of(&store.head(&path).await.expect("head v1"));
+    // Some stores keep a one-second time resolution for version tags.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    store
+        .put(&path, data(4096, 3), &ObjectAttrs::default(), None)
+        .await
+        .expect("put v2");
+    match store.get_range(&path, &pin, 0, 10).await {
+        Err(StoreError::SourceChanged { .. }) => {}
+        other => panic!("a read pinned to an old version must fail SourceChanged, got {other:?}"),
+    }
+}
+
+fn part_size(store: &dyn Store) -> u64 {
+    store.capabilities().min_part_size.max(1024)
+}
+
+pub async fn multipart_round_trip(store: &dyn Store, bucket: &str, prefix: &str) {
+    let path = ObjectPath::new(bucket, format!("{prefix}multi.bin"));
+    let ps = part_size(store);
+    let body = data((2 * ps + 17) as usize, 4);
+    let up = store
+        .create_upload(&path, &ObjectAttrs::default(), ChecksumMode::Crc32c)
+        .await
+        .expect("create upload");
+    let mut receipts = Vec::new();
+    // Upload out of order: parts are placed by number, not by arrival.
+    for (n, off) in [(3u32, 2 * ps), (1, 0), (2, ps)] {
+        let len = (body.len() as u64 - off).min(ps);
+        let chunk = body.slice(off as usize..(off + len) as usize);
+        let spec = PartSpec {
+            number: n,
+            offset: off,
+            len,
+        };
+        let r = store
+            .upload_part(&up, &spec, chunk.clone(), Some(crc32c(&chunk)))
+            .await
+            .expect("upload part");
+        assert_eq!(r.number, n);
+        receipts.push(r);
+    }
+    receipts.sort_by_key(|r| r.number);
+    let listed = store.list_parts(&up).await.expect("list parts");
+    if !listed.is_empty() {
+        let nums: Vec<u32> = listed.iter().map(|p| p.number).collect();
+        assert_eq!(nums, vec![1, 2, 3], "list_parts shows every uploaded part");
+    }
+    let pending = store.list_uploads(bucket, prefix).await.expect("list uploads");
+    assert!(
+        pending.iter().any(|p| p.upload.upload_id == up.upload_id),
+        "an open upload is listed"
+    );
+    store
+        .complete_upload(&up, &receipts)
+        .await
+        .expect("complete");
+    assert_eq!(read_all(store, &path).await, body, "assembled object is the parts in order");
+    let pending = store.list_uploads(bucket, prefix).await.expect("list uploads");
+    assert!(
+        !pending.iter().any(|p| p.upload.upload_id == up.upload_id),
+        "a completed upload is no longer listed"
+    );
+}
+
+pub async fn abort_leaves_nothing(store: &dyn Store, bucket: &str, prefix: &str) {
+    let path = ObjectPath::new(bucket, format!("{prefix}aborted.bin"));
+    let up = store
+        .create_upload(&path, &ObjectAttrs::default(), ChecksumMode::Crc32c)
+        .await
+        .expect("create upload");
+    let chunk = data(1024, 5);
+    store
+        .upload_part(
+            &up,
+            &PartSpec {
+                number: 1,
+                offset: 0,
+                len: 1024,
+            },
+            chunk.clone(),
+            Some(crc32c(&chunk)),
+        )
+        .await
+        .expect("upload part");
+    store.abort_upload(&up).await.expect("abort");
+    store.abort_upload(&up).await.expect("abort twice is fine");
+    let pending = store.list_uploads(bucket, prefix).await.expect("list uploads");
+    assert!(
+        !pending.iter().any(|p| p.upload.upload_id == up.upload_id),
+        "an aborted upload is gone"
+    );
+    assert!(
+        matches!(store.head(&path).await, Err(StoreError::NotFound { .. })),
+        "an aborted upload leaves no object"
+    );
+}
+
+pub async fn wrong_checksum_rejected(store: &dyn Store, bucket: &str, prefix: &str) {
+    if !store.capabilities().part_checksums {
+        return;
+    }
+    let path = ObjectPath::new(bucket, format!("{prefix}badsum.bin"));
+    let up = store
+        .create_upload(&path, &ObjectAttrs::default(), ChecksumMode::Crc32c)
+        .await
+        .expect("create upload");
+    let chunk = data(2048, 6);
+    let res = store
+        .upload_part(
+            &up,
+            &PartSpec {
+                number: 1,
+                offset: 0,
+                len: 2048,
+            },
+            chunk.clone(),
+            Some(crc32c(&chunk) ^ 1),
+        )
+        .await;
+    store.abort_upload(&up).await.expect("abort");
+    assert!(res.is_err(), "a part whose CRC32C does not match is rejected");
+}
+
+pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str) {
+    if !store.capabilities().server_side_copy {
+        return;
+    }
+    let src = ObjectPath::new(bucket, format!("{prefix}copy-src.bin"));
+    let ps = part_size(store);
+    let body = data((ps + 100) as usize, 7);
+    store
+        .put(&src, body.clone(), &ObjectAttrs::default(), None)
+        .await
+        .expect("put source");
+    let pin = Pin::of(&store.head(&src).await.expect("head source"));
+    let dst = ObjectPath::new(bucket, format!("{prefix}copy-dst.bin"));
+    let up = store
+        .create_upload(&dst, &ObjectAttrs::default(), ChecksumMode::Crc32c)
+        .await
+        .expect("create upload");
+    let mut receipts = Vec::new();
+    for (n, off, len) in [(1u32, 0, ps), (2, ps, 100)] {
+        let spec = PartSpec {
+            number: n,
+            offset: off,
+            len,
+        };
+        receipts.push(store.copy_part(&up, &spec, &src, &pin).await.expect("copy part"));
+    }
+    store.complete_upload(&up, &receipts).await.expect("complete copy");
+    assert_eq!(read_all(store, &dst).await, body, "server-side copy is byte-identical");
+    let whole = ObjectPath::new(bucket, format!("{prefix}copy-whole.bin"));
+    let attrs = ObjectAttrs {
+        content_type: Some("text/x-copied".into()),
+        ..Default::default()
+    };
+    store
+        .copy_object(&src, &pin, &whole, &attrs)
+        .await
+        .expect("copy object");
+    let meta = store.head(&whole).await.expect("head copy");
+    assert_eq!(meta.attrs.content_type, attrs.content_type, "copy sets the given attributes");
+    assert_eq!(read_all(store, &whole).await, body);
+    let stale = Pin {
+        etag: Some("\"0000000000\"".into()),
+        version_id: None,
+    };
+    let up = store
+        .create_upload(&dst, &ObjectAttrs::default(), ChecksumMode::Crc32c)
+        .await
+        .expect("create upload");
+    let res = store
+        .copy_part(
+            &up,
+            &PartSpec {
+                number: 1,
+                offset: 0,
+                len: 10,
+            },
+            &src,
+            &stale,
+        )
+        .await;
+    store.abort_upload(&up).await.expect("abort");
+    assert!(
+        matches!(res, Err(StoreError::SourceChanged { .. })),
+        "a part copy pinned to another version fails SourceChanged, got {res:?}"
+    );
+}
+
+pub async fn delete_is_exact(store: &dyn Store, bucket: &str, prefix: &str) {
+    let a = ObjectPath::new(bucket, format!("{prefix}del/x"));
+    let b = ObjectPath::new(bucket, format!("{prefix}del/xy"));
+    for p in [&a, &b] {
+        store
+            .put(p, data(10, 8), &ObjectAttrs::default(), None)
+            .await
+            .expect("put");
+    }
+    store.delete(&a, None).await.expect("delete");
+    assert!(matches!(store.head(&a).await, Err(StoreError::NotFound { .. })));
+    assert!(store.head(&b).await.is_ok(), "delete removes one exact key, not a prefix");
+}

@@ -1,0 +1,274 @@
+//! Object store backends for barge.
+//!
+//! The engine talks to every store through the small [`Store`] trait. What a backend can do beyond
+//! the basics (server-side part copy, per-part checksums, versions, metadata) is declared in its
+//! [`Capabilities`], so the planner can choose a strategy without knowing which backend it has.
+//!
+//! Backends live one per folder: [`s3`] (any S3-compatible service, through `aws-sdk-s3`),
+//! [`local`] (the local file system) and [`memory`] (an in-process store for fast engine tests).
+//! Every backend passes the same [`conformance`] suite.
+
+pub mod checksum;
+pub mod conformance;
+mod error;
+pub mod local;
+pub mod memory;
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use error::{Result, StoreError};
+
+/// A bucket and a key. For the local file system the bucket is empty and the key is a path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectPath {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl ObjectPath {
+    pub fn new(bucket: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.bucket.is_empty() {
+            write!(f, "{}", self.key)
+        } else {
+            write!(f, "{}/{}", self.bucket, self.key)
+        }
+    }
+}
+
+/// The standard headers and user metadata that travel with an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObjectAttrs {
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    /// The `Expires` header as the store returned it (an HTTP date).
+    pub expires: Option<String>,
+    pub user_metadata: BTreeMap<String, String>,
+}
+
+/// What a stat of an object returns.
+#[derive(Clone, Debug)]
+pub struct ObjectMeta {
+    pub path: ObjectPath,
+    pub size: u64,
+    /// The store's entity tag (quotes included, as S3 sends it), or a synthetic one.
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub last_modified: Option<SystemTime>,
+    pub attrs: ObjectAttrs,
+    /// A CRC32C the store reports for the whole object: `base64` for a full-object checksum,
+    /// `base64-N` for a composite of N parts.
+    pub crc32c: Option<String>,
+}
+
+/// The version of a source that a transfer planned with. Every read is pinned to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pin {
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+}
+
+impl Pin {
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            etag: meta.etag.clone(),
+            version_id: meta.version_id.clone(),
+        }
+    }
+}
+
+/// An open multipart upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRef {
+    pub path: ObjectPath,
+    pub upload_id: String,
+}
+
+/// One part of a multipart upload: plain data, so it can be journaled and handed to any worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartSpec {
+    /// 1-based part number.
+    pub number: u32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What the store answered for a part: the receipt the completion needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartReceipt {
+    pub number: u32,
+    pub etag: String,
+    pub len: u64,
+    /// The CRC32C of the part's bytes as base64, when one was sent or reported.
+    pub crc32c: Option<String>,
+}
+
+/// A multipart upload that is open on the store.
+#[derive(Clone, Debug)]
+pub struct PendingUpload {
+    pub upload: UploadRef,
+    pub initiated: Option<SystemTime>,
+}
+
+/// What the store answered for a finished object.
+#[derive(Clone, Debug, Default)]
+pub struct PutReceipt {
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+}
+
+/// Which checksum barge sends with each part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChecksumMode {
+    /// Send a CRC32C with every part and whole-object write (`x-amz-checksum-crc32c`).
+    #[default]
+    Crc32c,
+    /// Send no additional checksum: for stores that reject them. Sizes are still verified.
+    Off,
+}
+
+/// What a backend can do. The planner reads these; it never asks which backend it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `copy_part` and `copy_object` work between two stores with the same `service_identity`.
+    pub server_side_copy: bool,
+    /// Per-part CRC32C is accepted (and a wrong one rejected).
+    pub part_checksums: bool,
+    /// Objects carry version ids that reads can be pinned to.
+    pub versions: bool,
+    /// Content-Type, user metadata and the other standard headers are kept.
+    pub metadata: bool,
+    pub min_part_size: u64,
+    pub max_part_size: u64,
+    pub max_parts: u32,
+    /// The largest object a single PUT (or server-side whole-object copy) can write.
+    pub max_single_put: u64,
+    /// The largest object the store accepts, if it says.
+    pub max_object_size: Option<u64>,
+}
+
+pub const MIB: u64 = 1024 * 1024;
+pub const GIB: u64 = 1024 * MIB;
+pub const TIB: u64 = 1024 * GIB;
+
+impl Capabilities {
+    /// The limits of S3 and most S3-compatible services.
+    pub fn s3() -> Self {
+        Self {
+            server_side_copy: true,
+            part_checksums: true,
+            versions: true,
+            metadata: true,
+            min_part_size: 5 * MIB,
+            max_part_size: 5 * GIB,
+            max_parts: 10_000,
+            max_single_put: 5 * GIB,
+            max_object_size: None,
+        }
+    }
+}
+
+/// What every backend implements. Small on purpose: a new backend is one folder and one impl.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The connection name, for messages.
+    fn name(&self) -> &str;
+
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Two stores whose identities are equal (same service, same credentials) can copy between each
+    /// other server-side. `None` means never.
+    fn service_identity(&self) -> Option<&str>;
+
+    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta>;
+
+    /// Every object under `prefix` in `bucket` (for the local store: every file under a folder).
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Bytes `[offset, offset + len)` of the object, failing with [`StoreError::SourceChanged`]
+    /// when the object no longer matches `pin`.
+    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes>;
+
+    /// Write a whole object in one request.
+    async fn put(
+        &self,
+        path: &ObjectPath,
+        data: Bytes,
+        attrs: &ObjectAttrs,
+        crc32c: Option<u32>,
+    ) -> Result<PutReceipt>;
+
+    /// Server-side copy of a whole object (at most `max_single_put` bytes).
+    async fn copy_object(
+        &self,
+        _src: &ObjectPath,
+        _pin: &Pin,
+        _dst: &ObjectPath,
+        _attrs: &ObjectAttrs,
+    ) -> Result<PutReceipt> {
+        Err(StoreError::Unsupported {
+            store: self.name().to_string(),
+            what: "server-side copy".into(),
+        })
+    }
+
+    async fn create_upload(
+        &self,
+        path: &ObjectPath,
+        attrs: &ObjectAttrs,
+        checksums: ChecksumMode,
+    ) -> Result<UploadRef>;
+
+    async fn upload_part(
+        &self,
+        upload: &UploadRef,
+        part: &PartSpec,
+        data: Bytes,
+        crc32c: Option<u32>,
+    ) -> Result<PartReceipt>;
+
+    /// Server-side copy of `part`'s byte range of `src` into `upload`.
+    async fn copy_part(
+        &self,
+        _upload: &UploadRef,
+        _part: &PartSpec,
+        _src: &ObjectPath,
+        _pin: &Pin,
+    ) -> Result<PartReceipt> {
+        Err(StoreError::Unsupported {
+            store: self.name().to_string(),
+            what: "server-side part copy".into(),
+        })
+    }
+
+    /// Complete an upload from the receipts, sorted by part number.
+    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt>;
+
+    async fn abort_upload(&self, upload: &UploadRef) -> Result<()>;
+
+    /// The parts the store holds for an upload.
+    async fn list_parts(&self, upload: &UploadRef) -> Result<Vec<PartReceipt>>;
+
+    /// Open multipart uploads under a prefix.
+    async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<PendingUpload>>;
+
+    /// Delete exactly one key (and version, when given). Never a prefix.
+    async fn delete(&self, path: &ObjectPath, version_id: Option<&str>) -> Result<()>;
+}

@@ -1,0 +1,433 @@
+//! The local file system as a store.
+//!
+//! Keys are paths; the bucket is empty. A multipart "upload" is a hidden temporary file beside the
+//! destination (`.NAME.UPLOADID.barge-tmp`), written at each part's offset and renamed into place
+//! only when complete, so a destination never exists half-written.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::checksum::crc32c_b64;
+use crate::{
+    Capabilities, ChecksumMode, ObjectAttrs, ObjectMeta, ObjectPath, PartReceipt, PartSpec,
+    PendingUpload, Pin, PutReceipt, Result, Store, StoreError, UploadRef,
+};
+
+const TMP_SUFFIX: &str = ".barge-tmp";
+
+#[derive(Debug)]
+pub struct LocalStore {
+    caps: Capabilities,
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalStore {
+    pub fn new() -> Self {
+        Self {
+            caps: Capabilities {
+                server_side_copy: false,
+                part_checksums: true,
+                versions: false,
+                metadata: false,
+                min_part_size: 1,
+                max_part_size: u64::MAX,
+                max_parts: 1_000_000,
+                max_single_put: u64::MAX,
+                max_object_size: None,
+            },
+        }
+    }
+}
+
+/// A version tag for a local file: its modification time and size.
+fn synthetic_etag(md: &fs::Metadata) -> String {
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("\"{:x}-{:x}\"", mtime, md.len())
+}
+
+fn tmp_path(dest: &Path, upload_id: &str) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.{upload_id}{TMP_SUFFIX}"))
+}
+
+/// The destination a temporary file belongs to, and its upload id.
+fn parse_tmp(tmp: &Path) -> Option<(PathBuf, String)> {
+    let name = tmp.file_name()?.to_str()?;
+    let inner = name.strip_prefix('.')?.strip_suffix(TMP_SUFFIX)?;
+    let (dest_name, id) = inner.rsplit_once('.')?;
+    Some((tmp.with_file_name(dest_name), id.to_string()))
+}
+
+fn not_found(path: &str) -> StoreError {
+    StoreError::NotFound {
+        store: "local".into(),
+        path: path.to_string(),
+    }
+}
+
+fn io_err(path: &str, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        not_found(path)
+    } else {
+        StoreError::io(path, e)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Permanent {
+            store: "local".into(),
+            op: "file I/O".into(),
+            detail: e.to_string(),
+        })?
+}
+
+fn meta_of(key: &str, md: &fs::Metadata) -> ObjectMeta {
+    ObjectMeta {
+        path: ObjectPath::new("", key),
+        size: md.len(),
+        etag: Some(synthetic_etag(md)),
+        version_id: None,
+        last_modified: md.modified().ok(),
+        attrs: ObjectAttrs::default(),
+        crc32c: None,
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let p = entry.path();
+        if ft.is_dir() {
+            walk(&p, out)?;
+        } else if ft.is_file() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(TMP_SUFFIX) {
+                continue;
+            }
+            let md = entry.metadata()?;
+            out.push(meta_of(&p.to_string_lossy(), &md));
+        }
+    }
+    Ok(())
+}
+
+fn write_new(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = tmp.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let f = File::create(tmp)?;
+    f.write_all_at(data, 0)?;
+    f.sync_all()
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn service_identity(&self) -> Option<&str> {
+        None
+    }
+
+    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
+        let key = path.key.clone();
+        blocking(move || {
+            let md = fs::metadata(&key).map_err(|e| io_err(&key, e))?;
+            if !md.is_file() {
+                return Err(StoreError::Permanent {
+                    store: "local".into(),
+                    op: "stat".into(),
+                    detail: format!("{key} is not a regular file (use -r for a folder)"),
+                });
+            }
+            Ok(meta_of(&key, &md))
+        })
+        .await
+    }
+
+    async fn list(&self, _bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            let p = Path::new(&prefix);
+            match fs::metadata(p) {
+                Ok(md) if md.is_dir() => walk(p, &mut out).map_err(|e| io_err(&prefix, e))?,
+                Ok(md) if md.is_file() => out.push(meta_of(&prefix, &md)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(&prefix)),
+                Err(e) => return Err(StoreError::io(&prefix, e)),
+            }
+            out.sort_by(|a, b| a.path.key.cmp(&b.path.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes> {
+        let key = path.key.clone();
+        let pin = pin.clone();
+        blocking(move || {
+            let f = File::open(&key).map_err(|e| io_err(&key, e))?;
+            let check = |f: &File| -> Result<()> {
+                let md = f.metadata().map_err(|e| StoreError::io(&key, e))?;
+                if pin.etag.as_deref().is_some_and(|e| e != synthetic_etag(&md)) {
+                    return Err(StoreError::SourceChanged {
+                        store: "local".into(),
+                        path: key.clone(),
+                    });
+                }
+                Ok(())
+            };
+            check(&f)?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    StoreError::SourceChanged {
+                        store: "local".into(),
+                        path: key.clone(),
+                    }
+                } else {
+                    StoreError::io(&key, e)
+                }
+            })?;
+            // The file may have been rewritten while it was read.
+            check(&f)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        path: &ObjectPath,
+        data: Bytes,
+        _attrs: &ObjectAttrs,
+        _crc32c: Option<u32>,
+    ) -> Result<PutReceipt> {
+        let dest = PathBuf::from(&path.key);
+        blocking(move || {
+            let tmp = tmp_path(&dest, &uuid::Uuid::new_v4().simple().to_string());
+            let shown = dest.to_string_lossy().into_owned();
+            write_new(&tmp, &data).map_err(|e| StoreError::io(&shown, e))?;
+            fs::rename(&tmp, &dest).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                StoreError::io(&shown, e)
+            })?;
+            Ok(PutReceipt::default())
+        })
+        .await
+    }
+
+    async fn create_upload(
+        &self,
+        path: &ObjectPath,
+        _attrs: &ObjectAttrs,
+        _checksums: ChecksumMode,
+    ) -> Result<UploadRef> {
+        let dest = PathBuf::from(&path.key);
+        let upload_id = uuid::Uuid::new_v4().simple().to_string();
+        let tmp = tmp_path(&dest, &upload_id);
+        let shown = path.key.clone();
+        blocking(move || {
+            if dest.is_dir() {
+                return Err(StoreError::Permanent {
+                    store: "local".into(),
+                    op: "create".into(),
+                    detail: format!("{shown} is a folder"),
+                });
+            }
+            write_new(&tmp, &[]).map_err(|e| StoreError::io(&shown, e))
+        })
+        .await?;
+        Ok(UploadRef {
+            path: path.clone(),
+            upload_id,
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        upload: &UploadRef,
+        part: &PartSpec,
+        data: Bytes,
+        crc32c: Option<u32>,
+    ) -> Result<PartReceipt> {
+        let tmp = tmp_path(Path::new(&upload.path.key), &upload.upload_id);
+        let upload = upload.clone();
+        let part = *part;
+        blocking(move || {
+            let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    StoreError::NoSuchUpload {
+                        store: "local".into(),
+                        path: upload.path.key.clone(),
+                        upload_id: upload.upload_id.clone(),
+                    }
+                } else {
+                    StoreError::io(&upload.path.key, e)
+                }
+            })?;
+            let crc = crate::checksum::crc32c(&data);
+            if crc32c.is_some_and(|c| c != crc) {
+                return Err(StoreError::Permanent {
+                    store: "local".into(),
+                    op: "write part".into(),
+                    detail: format!(
+                        "{}: part {} does not match the CRC32C sent with it",
+                        upload.path.key, part.number
+                    ),
+                });
+            }
+            f.write_all_at(&data, part.offset)
+                .map_err(|e| StoreError::io(&upload.path.key, e))?;
+            Ok(PartReceipt {
+                number: part.number,
+                etag: format!("\"{crc:08x}\""),
+                len: data.len() as u64,
+                crc32c: Some(crc32c_b64(crc)),
+            })
+        })
+        .await
+    }
+
+    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt> {
+        let dest = PathBuf::from(&upload.path.key);
+        let tmp = tmp_path(&dest, &upload.upload_id);
+        let expected: u64 = parts.iter().map(|p| p.len).sum();
+        let upload = upload.clone();
+        blocking(move || {
+            let key = &upload.path.key;
+            let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    StoreError::NoSuchUpload {
+                        store: "local".into(),
+                        path: key.clone(),
+                        upload_id: upload.upload_id.clone(),
+                    }
+                } else {
+                    StoreError::io(key, e)
+                }
+            })?;
+            f.set_len(expected).map_err(|e| StoreError::io(key, e))?;
+            f.sync_all().map_err(|e| StoreError::io(key, e))?;
+            fs::rename(&tmp, &dest).map_err(|e| StoreError::io(key, e))?;
+            Ok(PutReceipt::default())
+        })
+        .await
+    }
+
+    async fn abort_upload(&self, upload: &UploadRef) -> Result<()> {
+        let tmp = tmp_path(Path::new(&upload.path.key), &upload.upload_id);
+        let key = upload.path.key.clone();
+        blocking(move || match fs::remove_file(&tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&key, e)),
+        })
+        .await
+    }
+
+    async fn list_parts(&self, upload: &UploadRef) -> Result<Vec<PartReceipt>> {
+        // A file keeps no record of which ranges were written: the journal's receipts are the
+        // record. Report the upload as present (or not) and no parts.
+        let tmp = tmp_path(Path::new(&upload.path.key), &upload.upload_id);
+        if tmp.exists() {
+            Ok(Vec::new())
+        } else {
+            Err(StoreError::NoSuchUpload {
+                store: "local".into(),
+                path: upload.path.key.clone(),
+                upload_id: upload.upload_id.clone(),
+            })
+        }
+    }
+
+    async fn list_uploads(&self, _bucket: &str, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let p = Path::new(&prefix);
+            let dir = if p.is_dir() {
+                p.to_path_buf()
+            } else {
+                p.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
+            let mut out = Vec::new();
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                let Ok(rd) = fs::read_dir(&d) else { continue };
+                for entry in rd.flatten() {
+                    let path = entry.path();
+                    let Ok(ft) = entry.file_type() else { continue };
+                    if ft.is_dir() {
+                        stack.push(path);
+                    } else if let Some((dest, id)) = parse_tmp(&path) {
+                        let dest_s = dest.to_string_lossy().into_owned();
+                        if !dest_s.starts_with(&prefix) {
+                            continue;
+                        }
+                        out.push(PendingUpload {
+                            upload: UploadRef {
+                                path: ObjectPath::new("", dest_s),
+                                upload_id: id,
+                            },
+                            initiated: entry
+                                .metadata()
+                                .ok()
+                                .and_then(|m| m.modified().ok())
+                                .or(Some(SystemTime::now())),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &ObjectPath, _version_id: Option<&str>) -> Result<()> {
+        let key = path.key.clone();
+        blocking(move || fs::remove_file(&key).map_err(|e| io_err(&key, e))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_names_round_trip() {
+        let dest = Path::new("/data/out/file.bin");
+        let tmp = tmp_path(dest, "abc123");
+        assert_eq!(tmp, Path::new("/data/out/.file.bin.abc123.barge-tmp"));
+        assert_eq!(parse_tmp(&tmp), Some((dest.to_path_buf(), "abc123".into())));
+        assert_eq!(parse_tmp(Path::new("/data/out/file.bin")), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! Turning a connection's settings into an `aws-sdk-s3` client.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+
+use crate::{ChecksumMode, Result, StoreError};
+
+/// A secret string: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a connection's credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum CredentialSource {
+    /// The standard AWS chain: environment, shared files, web identity, container and instance roles.
+    #[default]
+    DefaultChain,
+    /// A named profile of the shared AWS files.
+    Profile(String),
+    /// Keys resolved by the caller (for example from environment variables the config names).
+    Static {
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
+}
+
+/// Everything needed to talk to one S3-compatible endpoint.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    /// The connection name, for messages.
+    pub name: String,
+    /// `None` for AWS itself (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub credentials: CredentialSource,
+    pub checksum: ChecksumMode,
+    pub connect_timeout: Duration,
+    /// How long to wait for the next bytes of an answer before the attempt is abandoned.
+    pub read_timeout: Duration,
+    pub max_object_size: Option<u64>,
+}
+
+impl S3Config {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            credentials: CredentialSource::DefaultChain,
+            checksum: ChecksumMode::Crc32c,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            max_object_size: None,
+        }
+    }
+}
+
+/// Build the client and the identity used to decide whether two connections can copy server-side.
+pub(super) async fn build_client(cfg: &S3Config) -> Result<(Client, Option<String>)> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(cfg.connect_timeout)
+                .read_timeout(cfg.read_timeout)
+                .build(),
+        );
+    if let Some(region) = &cfg.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &cfg.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    match &cfg.credentials {
+        CredentialSource::DefaultChain => {}
+        CredentialSource::Profile(p) => loader = loader.profile_name(p),
+        CredentialSource::Static {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => {
+            loader = loader.credentials_provider(Credentials::new(
+                access_key_id.clone(),
+                secret_access_key.expose().to_string(),
+                session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "barge-connection",
+            ))
+        }
+    }
+    let sdk = loader.load().await;
+    let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(cfg.path_style)
+        // Send checksums only where barge sets them itself: many S3-compatible stores reject the
+        // SDK's default trailing checksums.
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if sdk.region().is_none() {
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    let endpoint = sdk
+        .endpoint_url()
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            format!(
+                "aws:{}",
+                sdk.region().map(|r| r.to_string()).unwrap_or_default()
+            )
+        });
+    let identity = match sdk.credentials_provider() {
+        Some(p) => match p.provide_credentials().await {
+            Ok(c) => Some(format!("{endpoint}|{}", c.access_key_id())),
+            Err(e) => {
+                return Err(StoreError::AccessDenied {
+                    store: cfg.name.clone(),
+                    what: "loading credentials".into(),
+                    detail: aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+                });
+            }
+        },
+        None => None,
+    };
+    Ok((Client::from_conf(builder.build()), identity))
+}

@@ -1,0 +1,106 @@
+//! Mapping SDK errors to what barge does about them.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::{ObjectPath, StoreError};
+
+pub(super) fn map_sdk_error<E>(
+    store: &str,
+    op: &str,
+    path: &ObjectPath,
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let store = store.to_string();
+    let transient = |detail: String| StoreError::Transient {
+        store: store.clone(),
+        op: op.to_string(),
+        detail: format!("{path}: {detail}"),
+    };
+    match &err {
+        SdkError::TimeoutError(_) => transient("timed out".into()),
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            transient(DisplayErrorContext(&err).to_string())
+        }
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("");
+            let message = se.err().message().unwrap_or("");
+            let detail = if code.is_empty() && message.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status} {code}: {message}")
+            };
+            match (status, code) {
+                (_, "NoSuchBucket") => StoreError::NoSuchBucket {
+                    store,
+                    bucket: path.bucket.clone(),
+                },
+                (_, "NoSuchUpload") => StoreError::NoSuchUpload {
+                    store,
+                    path: path.to_string(),
+                    upload_id: String::new(),
+                },
+                (_, "NoSuchKey") | (404, "") | (404, "NotFound") => StoreError::NotFound {
+                    store,
+                    path: path.to_string(),
+                },
+                (412, _) | (_, "PreconditionFailed") => StoreError::SourceChanged {
+                    store,
+                    path: path.to_string(),
+                },
+                (_, "AccessDenied")
+                | (_, "InvalidAccessKeyId")
+                | (_, "SignatureDoesNotMatch")
+                | (_, "ExpiredToken")
+                | (401, _)
+                | (403, _) => StoreError::AccessDenied {
+                    store,
+                    what: format!("{op} on {path}"),
+                    detail,
+                },
+                (429, _)
+                | (500..=599, _)
+                | (_, "SlowDown")
+                | (_, "InternalError")
+                | (_, "RequestTimeout")
+                | (_, "ServiceUnavailable")
+                | (_, "RequestTimeTooSkewed") => transient(detail),
+                _ => StoreError::Permanent {
+                    store,
+                    op: op.to_string(),
+                    detail: format!("{path}: {detail}"),
+                },
+            }
+        }
+        // A 200 answer whose body is an error document fails to parse: treat as a server error.
+        _ => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            if status == Some(200) || status.is_some_and(|s| s >= 500) {
+                transient(DisplayErrorContext(&err).to_string())
+            } else {
+                StoreError::Permanent {
+                    store,
+                    op: op.to_string(),
+                    detail: format!("{path}: {}", DisplayErrorContext(&err)),
+                }
+            }
+        }
+    }
+}
+
+/// An answer's body broke off while being read: always worth another try.
+pub(super) fn body_error(
+    store: &str,
+    op: &str,
+    path: &ObjectPath,
+    err: &dyn std::error::Error,
+) -> StoreError {
+    StoreError::Transient {
+        store: store.to_string(),
+        op: op.to_string(),
+        detail: format!("{path}: reading the answer failed: {err}"),
+    }
+}

@@ -1,0 +1,606 @@
+//! Any S3-compatible service, through `aws-sdk-s3`.
+//!
+//! Retries are left to the engine (the SDK makes one attempt per call), so that every retry is
+//! counted, logged and bounded in one place.
+
+mod config;
+mod errors;
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode as S3ChecksumMode, CompletedMultipartUpload, CompletedPart,
+    MetadataDirective,
+};
+use bytes::Bytes;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::checksum::crc32c_b64;
+use crate::{
+    Capabilities, ChecksumMode, ObjectAttrs, ObjectMeta, ObjectPath, PartReceipt, PartSpec,
+    PendingUpload, Pin, PutReceipt, Result, Store, StoreError, UploadRef,
+};
+
+pub use config::{CredentialSource, S3Config, Secret};
+use errors::{body_error, map_sdk_error};
+
+/// A connection to one S3-compatible endpoint with one set of credentials.
+#[derive(Debug)]
+pub struct S3Store {
+    name: String,
+    client: Client,
+    caps: Capabilities,
+    identity: Option<String>,
+    checksum: ChecksumMode,
+}
+
+/// Characters that must be escaped in an `x-amz-copy-source` key: everything but unreserved
+/// characters and the path separator.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+fn copy_source(src: &ObjectPath, pin: &Pin) -> String {
+    let mut s = format!(
+        "{}/{}",
+        src.bucket,
+        utf8_percent_encode(&src.key, COPY_SOURCE)
+    );
+    if let Some(v) = &pin.version_id {
+        s.push_str("?versionId=");
+        s.push_str(&utf8_percent_encode(v, COPY_SOURCE).to_string());
+    }
+    s
+}
+
+fn range_header(offset: u64, len: u64) -> String {
+    format!("bytes={}-{}", offset, offset + len - 1)
+}
+
+fn to_system_time(t: Option<&DateTime>) -> Option<SystemTime> {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+fn parse_expires(s: &Option<String>) -> Option<DateTime> {
+    s.as_deref()
+        .and_then(|v| DateTime::from_str(v, DateTimeFormat::HttpDate).ok())
+}
+
+fn user_metadata(attrs: &ObjectAttrs) -> Option<HashMap<String, String>> {
+    if attrs.user_metadata.is_empty() {
+        None
+    } else {
+        Some(
+            attrs
+                .user_metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl S3Store {
+    pub async fn connect(cfg: S3Config) -> Result<Self> {
+        let (client, identity) = config::build_client(&cfg).await?;
+        let mut caps = Capabilities::s3();
+        caps.part_checksums = cfg.checksum == ChecksumMode::Crc32c;
+        if let Some(max) = cfg.max_object_size {
+            caps.max_object_size = Some(max);
+        }
+        Ok(Self {
+            name: cfg.name,
+            client,
+            caps,
+            identity,
+            checksum: cfg.checksum,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn crc_header(&self, crc32c: Option<u32>) -> Option<String> {
+        match self.checksum {
+            ChecksumMode::Crc32c => crc32c.map(crc32c_b64),
+            ChecksumMode::Off => None,
+        }
+    }
+
+    fn err<E>(
+        &self,
+        op: &str,
+        path: &ObjectPath,
+        e: aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        map_sdk_error(&self.name, op, path, e)
+    }
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn service_identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .checksum_mode(S3ChecksumMode::Enabled)
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                let err = self.err("HeadObject", path, e);
+                // A HEAD answers a bare 404 for a missing bucket too: say which one it is.
+                if let StoreError::NotFound { .. } = err
+                    && self
+                        .client
+                        .head_bucket()
+                        .bucket(&path.bucket)
+                        .send()
+                        .await
+                        .is_err_and(|e| e.raw_response().is_some_and(|r| r.status().as_u16() == 404))
+                {
+                    return Err(StoreError::NoSuchBucket {
+                        store: self.name.clone(),
+                        bucket: path.bucket.clone(),
+                    });
+                }
+                return Err(err);
+            }
+        };
+        let size = out.content_length().unwrap_or(0).max(0) as u64;
+        Ok(ObjectMeta {
+            path: path.clone(),
+            size,
+            etag: out.e_tag().map(str::to_string),
+            version_id: out
+                .version_id()
+                .filter(|v| !v.is_empty() && *v != "null")
+                .map(str::to_string),
+            last_modified: to_system_time(out.last_modified()),
+            crc32c: out.checksum_crc32_c().map(str::to_string),
+            attrs: ObjectAttrs {
+                content_type: out.content_type().map(str::to_string),
+                cache_control: out.cache_control().map(str::to_string),
+                content_disposition: out.content_disposition().map(str::to_string),
+                content_encoding: out.content_encoding().map(str::to_string),
+                content_language: out.content_language().map(str::to_string),
+                expires: out.expires_string().map(str::to_string),
+                user_metadata: out
+                    .metadata()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
+            },
+        })
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        let at = ObjectPath::new(bucket, prefix);
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("ListObjectsV2", &at, e))?;
+            for o in page.contents() {
+                let Some(key) = o.key() else { continue };
+                out.push(ObjectMeta {
+                    path: ObjectPath::new(bucket, key),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(str::to_string),
+                    version_id: None,
+                    last_modified: to_system_time(o.last_modified()),
+                    attrs: ObjectAttrs::default(),
+                    crc32c: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .range(range_header(offset, len))
+            .set_if_match(pin.etag.clone())
+            .set_version_id(pin.version_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("GetObject", path, e))?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| body_error(&self.name, "GetObject", path, &e))?
+            .into_bytes();
+        if data.len() as u64 != len {
+            return Err(StoreError::Transient {
+                store: self.name.clone(),
+                op: "GetObject".into(),
+                detail: format!(
+                    "{path}: asked for {len} bytes at offset {offset}, got {}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(data)
+    }
+
+    async fn put(
+        &self,
+        path: &ObjectPath,
+        data: Bytes,
+        attrs: &ObjectAttrs,
+        crc32c: Option<u32>,
+    ) -> Result<PutReceipt> {
+        let len = data.len() as i64;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .content_length(len)
+            .body(ByteStream::from(data))
+            .set_checksum_crc32_c(self.crc_header(crc32c))
+            .set_content_type(attrs.content_type.clone())
+            .set_cache_control(attrs.cache_control.clone())
+            .set_content_disposition(attrs.content_disposition.clone())
+            .set_content_encoding(attrs.content_encoding.clone())
+            .set_content_language(attrs.content_language.clone())
+            .set_expires(parse_expires(&attrs.expires))
+            .set_metadata(user_metadata(attrs))
+            .send()
+            .await
+            .map_err(|e| self.err("PutObject", path, e))?;
+        Ok(PutReceipt {
+            etag: out.e_tag().map(str::to_string),
+            version_id: out.version_id().map(str::to_string),
+        })
+    }
+
+    async fn copy_object(
+        &self,
+        src: &ObjectPath,
+        pin: &Pin,
+        dst: &ObjectPath,
+        attrs: &ObjectAttrs,
+    ) -> Result<PutReceipt> {
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&dst.bucket)
+            .key(&dst.key)
+            .copy_source(copy_source(src, pin))
+            .set_copy_source_if_match(pin.etag.clone())
+            .metadata_directive(MetadataDirective::Replace)
+            .set_content_type(attrs.content_type.clone())
+            .set_cache_control(attrs.cache_control.clone())
+            .set_content_disposition(attrs.content_disposition.clone())
+            .set_content_encoding(attrs.content_encoding.clone())
+            .set_content_language(attrs.content_language.clone())
+            .set_expires(parse_expires(&attrs.expires))
+            .set_metadata(user_metadata(attrs))
+            .send()
+            .await
+            .map_err(|e| self.err("CopyObject", src, e))?;
+        // An error can hide inside a 200 answer: a result without an ETag is not a copy.
+        let etag = out.copy_object_result().and_then(|r| r.e_tag());
+        if etag.is_none() {
+            return Err(StoreError::Transient {
+                store: self.name.clone(),
+                op: "CopyObject".into(),
+                detail: format!("{src} -> {dst}: the answer carried no copy result"),
+            });
+        }
+        Ok(PutReceipt {
+            etag: etag.map(str::to_string),
+            version_id: out.version_id().map(str::to_string),
+        })
+    }
+
+    async fn create_upload(
+        &self,
+        path: &ObjectPath,
+        attrs: &ObjectAttrs,
+        checksums: ChecksumMode,
+    ) -> Result<UploadRef> {
+        let algo = match (checksums, self.checksum) {
+            (ChecksumMode::Crc32c, ChecksumMode::Crc32c) => Some(ChecksumAlgorithm::Crc32C),
+            _ => None,
+        };
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .set_checksum_algorithm(algo)
+            .set_content_type(attrs.content_type.clone())
+            .set_cache_control(attrs.cache_control.clone())
+            .set_content_disposition(attrs.content_disposition.clone())
+            .set_content_encoding(attrs.content_encoding.clone())
+            .set_content_language(attrs.content_language.clone())
+            .set_expires(parse_expires(&attrs.expires))
+            .set_metadata(user_metadata(attrs))
+            .send()
+            .await
+            .map_err(|e| self.err("CreateMultipartUpload", path, e))?;
+        let upload_id = out.upload_id().ok_or_else(|| StoreError::Permanent {
+            store: self.name.clone(),
+            op: "CreateMultipartUpload".into(),
+            detail: format!("{path}: the answer carried no upload id"),
+        })?;
+        Ok(UploadRef {
+            path: path.clone(),
+            upload_id: upload_id.to_string(),
+        })
+    }
+
+    async fn upload_part(
+        &self,
+        upload: &UploadRef,
+        part: &PartSpec,
+        data: Bytes,
+        crc32c: Option<u32>,
+    ) -> Result<PartReceipt> {
+        let len = data.len() as u64;
+        let crc = self.crc_header(crc32c);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&upload.path.bucket)
+            .key(&upload.path.key)
+            .upload_id(&upload.upload_id)
+            .part_number(part.number as i32)
+            .content_length(len as i64)
+            .body(ByteStream::from(data))
+            .set_checksum_crc32_c(crc.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("UploadPart", &upload.path, e))?;
+        let etag = out.e_tag().ok_or_else(|| StoreError::Transient {
+            store: self.name.clone(),
+            op: "UploadPart".into(),
+            detail: format!("{}: part {} answer carried no ETag", upload.path, part.number),
+        })?;
+        Ok(PartReceipt {
+            number: part.number,
+            etag: etag.to_string(),
+            len,
+            crc32c: crc,
+        })
+    }
+
+    async fn copy_part(
+        &self,
+        upload: &UploadRef,
+        part: &PartSpec,
+        src: &ObjectPath,
+        pin: &Pin,
+    ) -> Result<PartReceipt> {
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&upload.path.bucket)
+            .key(&upload.path.key)
+            .upload_id(&upload.upload_id)
+            .part_number(part.number as i32)
+            .copy_source(copy_source(src, pin))
+            .copy_source_range(range_header(part.offset, part.len))
+            .set_copy_source_if_match(pin.etag.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("UploadPartCopy", src, e))?;
+        // UploadPartCopy can answer 200 with an error in the body: no result, no ETag, no part.
+        let result = out.copy_part_result();
+        let etag = result
+            .and_then(|r| r.e_tag())
+            .ok_or_else(|| StoreError::Transient {
+                store: self.name.clone(),
+                op: "UploadPartCopy".into(),
+                detail: format!(
+                    "{}: part {} answer carried no copy result",
+                    upload.path, part.number
+                ),
+            })?;
+        Ok(PartReceipt {
+            number: part.number,
+            etag: etag.to_string(),
+            len: part.len,
+            crc32c: result.and_then(|r| r.checksum_crc32_c()).map(str::to_string),
+        })
+    }
+
+    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt> {
+        let completed: Vec<CompletedPart> = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number as i32)
+                    .e_tag(&p.etag)
+                    .set_checksum_crc32_c(match self.checksum {
+                        ChecksumMode::Crc32c => p.crc32c.clone(),
+                        ChecksumMode::Off => None,
+                    })
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&upload.path.bucket)
+            .key(&upload.path.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("CompleteMultipartUpload", &upload.path, e))?;
+        Ok(PutReceipt {
+            etag: out.e_tag().map(str::to_string),
+            version_id: out.version_id().map(str::to_string),
+        })
+    }
+
+    async fn abort_upload(&self, upload: &UploadRef) -> Result<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&upload.path.bucket)
+            .key(&upload.path.key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.err("AbortMultipartUpload", &upload.path, e) {
+                // Already gone is what we wanted.
+                StoreError::NoSuchUpload { .. } | StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list_parts(&self, upload: &UploadRef) -> Result<Vec<PartReceipt>> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&upload.path.bucket)
+                .key(&upload.path.key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListParts", &upload.path, e))?;
+            for p in page.parts() {
+                out.push(PartReceipt {
+                    number: p.part_number().unwrap_or(0).max(0) as u32,
+                    etag: p.e_tag().unwrap_or_default().to_string(),
+                    len: p.size().unwrap_or(0).max(0) as u64,
+                    crc32c: p.checksum_crc32_c().map(str::to_string),
+                });
+            }
+            if page.is_truncated() == Some(true) && page.next_part_number_marker().is_some() {
+                marker = page.next_part_number_marker().map(str::to_string);
+            } else {
+                break;
+            }
+        }
+        out.sort_by_key(|p| p.number);
+        Ok(out)
+    }
+
+    async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        let at = ObjectPath::new(bucket, prefix);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("ListMultipartUploads", &at, e))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                out.push(PendingUpload {
+                    upload: UploadRef {
+                        path: ObjectPath::new(bucket, key),
+                        upload_id: id.to_string(),
+                    },
+                    initiated: to_system_time(u.initiated()),
+                });
+            }
+            if page.is_truncated() == Some(true)
+                && (page.next_key_marker().is_some() || page.next_upload_id_marker().is_some())
+            {
+                key_marker = page.next_key_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, path: &ObjectPath, version_id: Option<&str>) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err("DeleteObject", path, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_escapes_key_but_keeps_slashes() {
+        let p = ObjectPath::new("b", "dir/a b+c?.bin");
+        assert_eq!(copy_source(&p, &Pin::default()), "b/dir/a%20b%2Bc%3F.bin");
+        let pin = Pin {
+            etag: None,
+            version_id: Some("v1".into()),
+        };
+        assert_eq!(copy_source(&p, &pin), "b/dir/a%20b%2Bc%3F.bin?versionId=v1");
+    }
+
+    #[test]
+    fn range_is_inclusive() {
+        assert_eq!(range_header(0, 1), "bytes=0-0");
+        assert_eq!(range_header(10, 5), "bytes=10-14");
+    }
+}
