@@ -1,0 +1,19 @@
+use barge_store::StoreError;
+use thiserror::Error;
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// Something the user typed or wrote is wrong; the message says what and how to fix it.
+    #[error("{0}")]
+    Input(String),
+    #[error("config {path}: {msg}")]
+    Config { path: String, msg: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("verification failed for {dest}: {msg}")]
+    Verify { dest: String, msg: String },
+    #[error("cancelled")]
+    Cancelled,
+}

@@ -1,0 +1,159 @@
+//! Where an object lives: a connection and a path. Parsed from the three forms users type:
+//! `s3://bucket/key` (the default connection), `NAME:bucket/key` (a named connection, like
+//! rclone's `remote:path`), or a local path.
+
+use std::fmt;
+
+use barge_store::ObjectPath;
+
+use crate::error::{EngineError, Result};
+
+/// Which connection an object is reached through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnRef {
+    /// The local file system.
+    Local,
+    /// The default connection: the standard AWS environment and files.
+    Default,
+    /// A connection named in the config file.
+    Named(String),
+}
+
+impl fmt::Display for ConnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnRef::Local => f.write_str("local"),
+            ConnRef::Default => f.write_str("default"),
+            ConnRef::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Location {
+    pub conn: ConnRef,
+    pub path: ObjectPath,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.conn {
+            ConnRef::Local => write!(f, "{}", self.path.key),
+            ConnRef::Default => write!(f, "s3://{}/{}", self.path.bucket, self.path.key),
+            ConnRef::Named(n) => write!(f, "{n}:{}/{}", self.path.bucket, self.path.key),
+        }
+    }
+}
+
+impl Location {
+    pub fn is_local(&self) -> bool {
+        self.conn == ConnRef::Local
+    }
+
+    /// Parse a location. `is_connection` says whether a `NAME:` prefix names a configured
+    /// connection; an unknown name is an error rather than a silently local path.
+    pub fn parse(s: &str, is_connection: &dyn Fn(&str) -> bool) -> Result<Self> {
+        let bad = |why: &str| EngineError::Input(format!("'{s}': {why}"));
+        if s.is_empty() {
+            return Err(bad("empty location"));
+        }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket: write s3://BUCKET/KEY"));
+            }
+            return Ok(Location {
+                conn: ConnRef::Default,
+                path: ObjectPath::new(bucket, key),
+            });
+        }
+        if s.contains("://") {
+            return Err(bad(
+                "unknown scheme: use s3://BUCKET/KEY, NAME:BUCKET/KEY for a configured connection, or a local path",
+            ));
+        }
+        if !(s.starts_with('/') || s.starts_with('.'))
+            && let Some((name, rest)) = s.split_once(':')
+            && !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            if name == "local" {
+                return Ok(Location::local(rest));
+            }
+            if !is_connection(name) {
+                return Err(bad(&format!(
+                    "no connection named '{name}' is configured (add [connections.{name}] to the config file, or write ./{s} for a local path)"
+                )));
+            }
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad(&format!("no bucket: write {name}:BUCKET/KEY")));
+            }
+            return Ok(Location {
+                conn: ConnRef::Named(name.to_string()),
+                path: ObjectPath::new(bucket, key),
+            });
+        }
+        Ok(Location::local(s))
+    }
+
+    pub fn local(path: &str) -> Self {
+        let abs = std::path::absolute(path)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| path.to_string());
+        // Keep a trailing slash: it says "a folder".
+        let abs = if path.ends_with('/') && !abs.ends_with('/') {
+            format!("{abs}/")
+        } else {
+            abs
+        };
+        Location {
+            conn: ConnRef::Local,
+            path: ObjectPath::new("", abs),
+        }
+    }
+
+    /// The same connection and bucket, another key.
+    pub fn with_key(&self, key: String) -> Self {
+        Location {
+            conn: self.conn.clone(),
+            path: ObjectPath::new(self.path.bucket.clone(), key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Location> {
+        Location::parse(s, &|n| n == "wasabi")
+    }
+
+    #[test]
+    fn forms() {
+        let l = parse("s3://b/k/x.bin").expect("s3 url");
+        assert_eq!(l.conn, ConnRef::Default);
+        assert_eq!(l.path, ObjectPath::new("b", "k/x.bin"));
+        let l = parse("wasabi:b/k").expect("named");
+        assert_eq!(l.conn, ConnRef::Named("wasabi".into()));
+        assert_eq!(l.path, ObjectPath::new("b", "k"));
+        let l = parse("/tmp/x").expect("local");
+        assert!(l.is_local());
+        assert_eq!(l.path.key, "/tmp/x");
+        assert!(parse("./a:b").expect("dotted local").is_local());
+        assert_eq!(parse("s3://b").expect("bucket only").path.key, "");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse("nope:b/k").expect_err("unknown connection");
+        assert!(e.to_string().contains("no connection named 'nope'"), "{e}");
+        assert!(parse("s3:///k").is_err());
+        assert!(parse("gs://b/k").expect_err("scheme").to_string().contains("unknown scheme"));
+        assert!(parse("").is_err());
+        assert!(parse("wasabi:/k").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Reporting: events for progress displays, and the per-file outcome and run summary that
+//! `--json` prints.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::journal::FileId;
+use crate::plan::{FilePlan, Strategy};
+
+/// Receives what happens during a run. Every method has a no-op default.
+pub trait Observer: Send + Sync {
+    fn planned(&self, _plans: &[FilePlan]) {}
+    fn file_started(&self, _plan: &FilePlan) {}
+    /// `bytes` more of file `file` are done.
+    fn progress(&self, _file: FileId, _bytes: u64) {}
+    fn file_finished(&self, _outcome: &FileOutcome) {}
+}
+
+/// An observer that reports nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ok,
+    Failed,
+    Cancelled,
+    /// `--dry-run`: planned, not moved.
+    Planned,
+}
+
+/// How a finished object was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verification {
+    /// Size and the store's CRC32C of the whole object (composite or full) matched barge's own.
+    SizeAndCrc32c,
+    /// Only the size could be checked: the store reported no checksum to compare.
+    SizeOnly,
+    NotVerified,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FileOutcome {
+    pub id: FileId,
+    pub src: String,
+    pub dst: String,
+    pub size: Option<u64>,
+    pub strategy: Option<Strategy>,
+    pub part_size: Option<u64>,
+    pub parts: Option<u32>,
+    pub status: Status,
+    pub verified: Verification,
+    /// Object bytes that passed through barge (zero for server-side copies).
+    pub bytes_through_client: u64,
+    pub source_deleted: bool,
+    pub seconds: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub files_total: usize,
+    pub files_ok: usize,
+    pub files_failed: usize,
+    pub bytes: u64,
+    pub bytes_through_client: u64,
+    pub seconds: f64,
+    pub bytes_per_second: f64,
+    pub retries: u64,
+    pub files: Vec<FileOutcome>,
+}
+
+impl Summary {
+    pub fn new(files: Vec<FileOutcome>, elapsed: Duration, retries: u64) -> Self {
+        let ok: Vec<&FileOutcome> = files.iter().filter(|f| f.status == Status::Ok).collect();
+        let bytes: u64 = ok.iter().filter_map(|f| f.size).sum();
+        let secs = elapsed.as_secs_f64();
+        Self {
+            files_total: files.len(),
+            files_ok: ok.len(),
+            files_failed: files
+                .iter()
+                .filter(|f| matches!(f.status, Status::Failed | Status::Cancelled))
+                .count(),
+            bytes,
+            bytes_through_client: files.iter().map(|f| f.bytes_through_client).sum(),
+            seconds: secs,
+            bytes_per_second: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
+            retries,
+            files,
+        }
+    }
+
+    /// Every file was moved and verified.
+    pub fn success(&self) -> bool {
+        self.files.iter().all(|f| matches!(f.status, Status::Ok | Status::Planned))
+    }
+}

@@ -1,0 +1,135 @@
+//! Workers: move one part (or one small whole object) and return its receipt.
+//!
+//! A part is plain data (file, upload, number, byte range); what comes back is plain data too.
+//! Nothing here knows about other parts, so any worker, on any machine, can move any part.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use barge_store::checksum::crc32c;
+use barge_store::{PartReceipt, PartSpec, PutReceipt, Store, StoreError, UploadRef};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::plan::{FilePlan, Strategy};
+use crate::retry::{RetryPolicy, RetryStats, retry};
+
+/// What every worker shares: the limits on requests and on buffered bytes, and the counters.
+pub struct Limits {
+    /// Parts (requests) in flight across all files.
+    pub requests: Semaphore,
+    /// Buffered part data, in KiB.
+    pub memory_kib: Semaphore,
+    pub retry: RetryPolicy,
+    pub stats: RetryStats,
+    pub bytes_through: AtomicU64,
+}
+
+impl Limits {
+    pub fn new(concurrency: usize, max_memory: u64, retry: RetryPolicy) -> Self {
+        let kib = (max_memory / 1024).clamp(1, u64::from(u32::MAX)) as usize;
+        Self {
+            requests: Semaphore::new(concurrency.max(1)),
+            memory_kib: Semaphore::new(kib),
+            retry,
+            stats: RetryStats::default(),
+            bytes_through: AtomicU64::new(0),
+        }
+    }
+
+    fn kib(len: u64) -> u32 {
+        len.div_ceil(1024).clamp(1, u64::from(u32::MAX)) as u32
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Permanent {
+        store: "barge".into(),
+        op: "scheduling".into(),
+        detail: "the run was shut down".into(),
+    }
+}
+
+/// Read a byte range of the planned source version, within the memory budget.
+async fn read_range(
+    limits: &Limits,
+    src: &dyn Store,
+    plan: &FilePlan,
+    offset: u64,
+    len: u64,
+) -> Result<Bytes, StoreError> {
+    let what = format!("read of {} bytes {offset}+{len}", plan.src);
+    let data = retry(&limits.retry, &limits.stats, &what, || {
+        src.get_range(&plan.src.path, &plan.pin, offset, len)
+    })
+    .await?;
+    limits.bytes_through.fetch_add(len, Ordering::Relaxed);
+    Ok(data)
+}
+
+/// Move one part of a multipart plan.
+pub async fn move_part(
+    limits: &Limits,
+    src: &Arc<dyn Store>,
+    dst: &Arc<dyn Store>,
+    plan: &FilePlan,
+    upload: &UploadRef,
+    part: PartSpec,
+) -> Result<PartReceipt, StoreError> {
+    let _req = limits.requests.acquire().await.map_err(|_| closed())?;
+    match plan.strategy {
+        Strategy::ServerPartCopy => {
+            let what = format!("copy of part {} of {}", part.number, plan.dst);
+            retry(&limits.retry, &limits.stats, &what, || {
+                dst.copy_part(upload, &part, &plan.src.path, &plan.pin)
+            })
+            .await
+        }
+        _ => {
+            let _mem = limits
+                .memory_kib
+                .acquire_many(Limits::kib(part.len))
+                .await
+                .map_err(|_| closed())?;
+            let data = read_range(limits, src.as_ref(), plan, part.offset, part.len).await?;
+            let crc = crc32c(&data);
+            let what = format!("upload of part {} of {}", part.number, plan.dst);
+            retry(&limits.retry, &limits.stats, &what, || {
+                dst.upload_part(upload, &part, data.clone(), Some(crc))
+            })
+            .await
+        }
+    }
+}
+
+/// Move a whole small object in one request. Returns the receipt and, for data that passed
+/// through barge, its CRC32C.
+pub async fn move_whole(
+    limits: &Limits,
+    src: &Arc<dyn Store>,
+    dst: &Arc<dyn Store>,
+    plan: &FilePlan,
+) -> Result<(PutReceipt, Option<u32>), StoreError> {
+    let _req = limits.requests.acquire().await.map_err(|_| closed())?;
+    if plan.strategy == Strategy::ServerCopy {
+        let what = format!("server-side copy to {}", plan.dst);
+        let r = retry(&limits.retry, &limits.stats, &what, || {
+            dst.copy_object(&plan.src.path, &plan.pin, &plan.dst.path, &plan.attrs)
+        })
+        .await?;
+        return Ok((r, None));
+    }
+    let _mem = limits
+        .memory_kib
+        .acquire_many(Limits::kib(plan.size))
+        .await
+        .map_err(|_| closed())?;
+    let data = read_range(limits, src.as_ref(), plan, 0, plan.size).await?;
+    let crc = crc32c(&data);
+    let what = format!("upload of {}", plan.dst);
+    let r = retry(&limits.retry, &limits.stats, &what, || {
+        dst.put(&plan.dst.path, data.clone(), &plan.attrs, Some(crc))
+    })
+    .await?;
+    Ok((r, Some(crc)))
+}

@@ -1,0 +1,67 @@
+//! The conformance suite against a real S3 server (Garage, started by scripts/testbed.sh).
+
+use barge_store::s3::{CredentialSource, S3Config, S3Store, Secret};
+use barge_store::{Store, conformance};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with scripts/test.sh, which starts the S3 test servers")
+    })
+}
+
+async fn garage(which: &str) -> S3Store {
+    let mut cfg = S3Config::new(format!("garage-{which}"));
+    cfg.endpoint = Some(env(&format!("BARGE_TEST_{which}_ENDPOINT")));
+    cfg.region = Some("us-east-1".into());
+    cfg.path_style = true;
+    cfg.credentials = CredentialSource::Static {
+        access_key_id: env(&format!("BARGE_TEST_{which}_KEY_ID")),
+        secret_access_key: Secret::new(env(&format!("BARGE_TEST_{which}_SECRET"))),
+        session_token: None,
+    };
+    S3Store::connect(cfg).await.expect("connect to Garage")
+}
+
+#[tokio::test]
+async fn s3_store_conforms() {
+    let store = garage("A").await;
+    let prefix = format!("conformance-{}/", uuid::Uuid::new_v4().simple());
+    conformance::run_all(&store, "src", &prefix).await;
+    let left = store.list_uploads("src", &prefix).await.expect("list uploads");
+    assert!(left.is_empty(), "uploads left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn missing_bucket_is_named() {
+    let store = garage("A").await;
+    let err = store
+        .head(&barge_store::ObjectPath::new("no-such-bucket-here", "k"))
+        .await
+        .expect_err("missing bucket");
+    assert!(
+        err.to_string().contains("bucket 'no-such-bucket-here' does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_access_denied_and_secret_free() {
+    let mut cfg = S3Config::new("bad-creds");
+    cfg.endpoint = Some(env("BARGE_TEST_A_ENDPOINT"));
+    cfg.region = Some("us-east-1".into());
+    cfg.path_style = true;
+    let secret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    cfg.credentials = CredentialSource::Static {
+        access_key_id: "GK000000000000000000000000".into(),
+        secret_access_key: Secret::new(secret),
+        session_token: None,
+    };
+    let store = S3Store::connect(cfg).await.expect("client builds");
+    let err = store
+        .head(&barge_store::ObjectPath::new("src", "k"))
+        .await
+        .expect_err("bad credentials");
+    let msg = err.to_string();
+    assert!(msg.contains("bad-creds") && msg.contains("access denied"), "{msg}");
+    assert!(!msg.contains(secret), "the secret leaked into: {msg}");
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The local test bed: two Garage S3 servers on loopback, standing in for two providers.
+#
+#   scripts/testbed.sh install   build Garage once into the cache folder (reused afterwards)
+#   scripts/testbed.sh start     start both servers, create keys and buckets, write .testbed/env
+#   scripts/testbed.sh stop      stop them and delete their data
+#
+# The cache folder is $BARGE_CACHE (default ~/.cache/barge). Keys are random per start and live
+# only in .testbed/env, which is git-ignored.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${BARGE_CACHE:-$HOME/.cache/barge}"
+GARAGE_VERSION="2.5.0"
+GARAGE="${GARAGE_BIN:-$CACHE/garage-$GARAGE_VERSION/bin/garage}"
+BED="${BARGE_TESTBED_DIR:-$ROOT/.testbed}"
+
+log() { echo "testbed: $*" >&2; }
+
+install_garage() {
+  if [[ -x "$GARAGE" ]]; then
+    return
+  fi
+  if command -v garage >/dev/null 2>&1 && garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+    GARAGE="$(command -v garage)"
+    return
+  fi
+  log "building Garage $GARAGE_VERSION into $CACHE (once; 15 to 40 minutes on 2 cores)"
+  mkdir -p "$CACHE"
+  cargo install garage --version "$GARAGE_VERSION" --locked --root "$CACHE/garage-$GARAGE_VERSION" >&2
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+hex() { python3 -c "import secrets; print(secrets.token_hex($1))"; }
+
+start_one() {
+  local name="$1" dir="$BED/$1"
+  local s3_port rpc_port
+  s3_port="$(free_port)"
+  rpc_port="$(free_port)"
+  mkdir -p "$dir/meta" "$dir/data"
+  cat >"$dir/garage.toml" <<EOF
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(hex 32)"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$s3_port"
+root_domain = ".s3.localhost"
+EOF
+  chmod 600 "$dir/garage.toml"
+  RUST_LOG=warn nohup "$GARAGE" -c "$dir/garage.toml" server >"$dir/server.log" 2>&1 &
+  echo $! >"$dir/pid"
+  local g=("$GARAGE" -c "$dir/garage.toml")
+  local node=""
+  for _ in $(seq 1 100); do
+    if node="$("${g[@]}" node id -q 2>/dev/null)"; then break; fi
+    sleep 0.1
+  done
+  [[ -n "$node" ]] || { log "Garage $name did not start:"; cat "$dir/server.log" >&2; exit 1; }
+  "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
+  "${g[@]}" layout apply --version 1 >/dev/null
+  local key_id="GK$(hex 12)" secret
+  secret="$(hex 32)"
+  "${g[@]}" key import --yes -n barge "$key_id" "$secret" >/dev/null
+  local buckets=("${@:2}")
+  for b in "${buckets[@]}"; do
+    "${g[@]}" bucket create "$b" >/dev/null
+    "${g[@]}" bucket allow --read --write --owner "$b" --key barge >/dev/null
+  done
+  # Wait until the S3 API answers.
+  for _ in $(seq 1 100); do
+    if python3 - "$s3_port" <<'PY' 2>/dev/null; then break; fi
+import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
+PY
+    sleep 0.1
+  done
+  local up
+  up="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+  {
+    echo "export BARGE_TEST_${up}_ENDPOINT=http://127.0.0.1:$s3_port"
+    echo "export BARGE_TEST_${up}_KEY_ID=$key_id"
+    echo "export BARGE_TEST_${up}_SECRET=$secret"
+    echo "export BARGE_TEST_${up}_BUCKETS=$(IFS=,; echo "${buckets[*]}")"
+  } >>"$BED/env"
+  log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
+}
+
+stop() {
+  if [[ -d "$BED" ]]; then
+    for pidfile in "$BED"/*/pid; do
+      [[ -f "$pidfile" ]] || continue
+      kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    sleep 0.3
+    rm -rf "$BED"
+  fi
+}
+
+start() {
+  install_garage
+  stop
+  mkdir -p "$BED"
+  : >"$BED/env"
+  chmod 600 "$BED/env"
+  start_one a src dst other
+  start_one b dst
+  echo "export BARGE_TESTBED=$BED" >>"$BED/env"
+  log "environment written to $BED/env"
+}
+
+case "${1:-}" in
+  install) install_garage; echo "$GARAGE" ;;
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+esac
