@@ -1,0 +1,186 @@
+//! Command-line flags, turned into a validated configuration before anything runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use barge_engine::plan::PlanOptions;
+use barge_engine::run::RunOptions;
+use barge_engine::size::parse_size;
+use barge_engine::{EngineError, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "barge",
+    version,
+    about = "Move large files between object stores: fast, verified, resumable",
+    long_about = "Move large files between S3-compatible object stores and local files, in parallel \
+parts, server-side when the store can, verifying every byte.\n\n\
+Locations: s3://BUCKET/KEY (the default connection: the standard AWS environment), \
+NAME:BUCKET/KEY (a connection from the config file), or a local path."
+)]
+pub struct Cli {
+    /// Connections file (TOML). Default: $BARGE_CONFIG, else ~/.config/barge/config.toml.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy one object, or with -r every object under a prefix or folder.
+    Cp(CpArgs),
+    /// Run every transfer of a manifest (JSON, YAML or CSV list of
+    /// {src_conn_id, src_bucket, src_key, dest_conn_id, dest_bucket, dest_key}).
+    Run(RunArgs),
+    /// List and abort stale multipart uploads under a prefix.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: s3://BUCKET/KEY, NAME:BUCKET/KEY or a local path.
+    pub src: String,
+    /// Destination. Ending in '/' (or an existing folder) means "into this folder".
+    pub dst: String,
+    /// Copy every object under SRC (a prefix or a folder) to under DST.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// With -r: copy only paths (relative to SRC) matching this glob. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// With -r: skip paths (relative to SRC) matching this glob. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The manifest file; '-' reads standard input.
+    pub manifest: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Where to look: s3://BUCKET/PREFIX, NAME:BUCKET/PREFIX or a local folder.
+    pub prefix: String,
+    /// Only uploads started longer ago than this (like 24h, 30m, 7d).
+    #[arg(long, default_value = "24h", value_name = "AGE")]
+    pub older_than: String,
+    /// List what would be aborted; abort nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Smallest part size; raised per file when the 10,000-part cap requires it.
+    #[arg(long, default_value = "16MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Smallest part size for server-side copies (no bytes pass through barge).
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub copy_part_size: String,
+    /// Parts in flight across all files.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+    /// Hard budget for buffered part data.
+    #[arg(long, default_value = "512MiB", value_name = "SIZE")]
+    pub max_memory: String,
+    /// Attempts per request before a file fails (throttling, 5xx, timeouts, dropped connections).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub retries: u32,
+    /// Delete each source object (exactly its key and version) once its copy is verified.
+    #[arg(long)]
+    pub delete_source: bool,
+    /// Print the plan (strategy, part size, part count per file); move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one machine-readable summary on standard output.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress display and no per-file lines; errors still go to standard error.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Common {
+    pub fn run_options(&self) -> Result<RunOptions> {
+        if self.concurrency == 0 {
+            return Err(EngineError::Input(
+                "--concurrency must be at least 1".into(),
+            ));
+        }
+        if self.retries == 0 {
+            return Err(EngineError::Input("--retries must be at least 1".into()));
+        }
+        let part_size = parse_size(&self.part_size)?;
+        let copy_part_size = parse_size(&self.copy_part_size)?;
+        let max_memory = parse_size(&self.max_memory)?;
+        if part_size == 0 || copy_part_size == 0 {
+            return Err(EngineError::Input("part sizes must be above zero".into()));
+        }
+        if max_memory < part_size {
+            return Err(EngineError::Input(format!(
+                "--max-memory ({}) is smaller than --part-size ({}): no part would fit; raise --max-memory or lower --part-size",
+                self.max_memory, self.part_size
+            )));
+        }
+        let mut opts = RunOptions {
+            plan: PlanOptions {
+                part_size,
+                copy_part_size,
+                max_memory,
+            },
+            concurrency: self.concurrency,
+            delete_source: self.delete_source,
+            dry_run: self.dry_run,
+            ..RunOptions::default()
+        };
+        opts.retry.max_attempts = self.retries;
+        Ok(opts)
+    }
+}
+
+pub fn parse_age(s: &str) -> Result<Duration> {
+    humantime::parse_duration(s).map_err(|e| {
+        EngineError::Input(format!(
+            "--older-than '{s}' is not a duration ({e}): write like 24h, 30m or 7d"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        Cli::try_parse_from(["barge", "cp", "-r", "a", "b", "--include", "*.csv"]).expect("cp");
+        Cli::try_parse_from(["barge", "run", "m.json", "--delete-source", "--json"]).expect("run");
+        Cli::try_parse_from(["barge", "cleanup", "s3://b/p", "--older-than", "1h"]).expect("cleanup");
+        assert!(Cli::try_parse_from(["barge", "cp", "a"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cli = Cli::try_parse_from(["barge", "cp", "a", "b", "--max-memory", "8MiB"]).expect("parse");
+        let Command::Cp(cp) = cli.command else { panic!("cp") };
+        let e = cp.common.run_options().expect_err("memory below part size");
+        assert!(e.to_string().contains("--max-memory"), "{e}");
+        assert!(parse_age("soon").is_err());
+        assert_eq!(parse_age("2h").ok(), Some(Duration::from_secs(7200)));
+    }
+}
