@@ -170,14 +170,18 @@ mod tests {
     fn flags_parse() {
         Cli::try_parse_from(["barge", "cp", "-r", "a", "b", "--include", "*.csv"]).expect("cp");
         Cli::try_parse_from(["barge", "run", "m.json", "--delete-source", "--json"]).expect("run");
-        Cli::try_parse_from(["barge", "cleanup", "s3://b/p", "--older-than", "1h"]).expect("cleanup");
+        Cli::try_parse_from(["barge", "cleanup", "s3://b/p", "--older-than", "1h"])
+            .expect("cleanup");
         assert!(Cli::try_parse_from(["barge", "cp", "a"]).is_err());
     }
 
     #[test]
     fn bad_values_are_named() {
-        let cli = Cli::try_parse_from(["barge", "cp", "a", "b", "--max-memory", "8MiB"]).expect("parse");
-        let Command::Cp(cp) = cli.command else { panic!("cp") };
+        let cli =
+            Cli::try_parse_from(["barge", "cp", "a", "b", "--max-memory", "8MiB"]).expect("parse");
+        let Command::Cp(cp) = cli.command else {
+            panic!("cp")
+        };
         let e = cp.common.run_options().expect_err("memory below part size");
         assert!(e.to_string().contains("--max-memory"), "{e}");
         assert!(parse_age("soon").is_err());

@@ -9,13 +9,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use barge_engine::EngineError;
 use barge_engine::connections::{ConfigFile, Connections};
 use barge_engine::input::{Filters, ManifestFormat, expand_prefix, parse_manifest, single};
 use barge_engine::location::Location;
 use barge_engine::report::Summary;
 use barge_engine::run::{Engine, cleanup};
 use barge_engine::size::human;
-use barge_engine::EngineError;
 use clap::Parser;
 
 use args::{CleanupArgs, Cli, Command, Common, CpArgs, RunArgs, parse_age};
@@ -30,7 +30,10 @@ const EXIT_INTERRUPTED: u8 = 130;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("barge: cannot start the runtime: {e}");
@@ -41,9 +44,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("barge: {e:#}");
-            let refused = e.downcast_ref::<EngineError>().is_some_and(|e| {
-                matches!(e, EngineError::Input(_) | EngineError::Config { .. })
-            });
+            let refused = e
+                .downcast_ref::<EngineError>()
+                .is_some_and(|e| matches!(e, EngineError::Input(_) | EngineError::Config { .. }));
             ExitCode::from(if refused { EXIT_REFUSED } else { EXIT_FAILED })
         }
     }
@@ -115,14 +118,15 @@ async fn run_manifest(conns: Arc<Connections>, a: RunArgs) -> anyhow::Result<Exi
             .context("reading the manifest from standard input")?;
         s
     } else {
-        std::fs::read_to_string(&a.manifest).map_err(|e| {
-            EngineError::Input(format!("cannot read manifest {}: {e}", a.manifest))
-        })?
+        std::fs::read_to_string(&a.manifest)
+            .map_err(|e| EngineError::Input(format!("cannot read manifest {}: {e}", a.manifest)))?
     };
     let format = ManifestFormat::detect(&a.manifest, &text);
     let specs = parse_manifest(&text, format, &a.manifest, &conns)?;
     if specs.is_empty() {
-        return Err(EngineError::Input(format!("manifest {} lists no transfers", a.manifest)).into());
+        return Err(
+            EngineError::Input(format!("manifest {} lists no transfers", a.manifest)).into(),
+        );
     }
     execute(conns, specs, &a.common).await
 }
@@ -138,7 +142,9 @@ async fn execute(
     let cancel = engine.cancel_token();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("barge: interrupted; aborting unfinished uploads (Ctrl-C again to quit at once)");
+            eprintln!(
+                "barge: interrupted; aborting unfinished uploads (Ctrl-C again to quit at once)"
+            );
             cancel.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -186,7 +192,14 @@ async fn cleanup_cmd(conns: Arc<Connections>, a: CleanupArgs) -> anyhow::Result<
     let loc = parse_loc(&conns, &a.prefix)?;
     let age = parse_age(&a.older_than)?;
     let store = conns.get(&loc.conn).await?;
-    let done = cleanup(store.as_ref(), &loc.path.bucket, &loc.path.key, age, a.dry_run).await?;
+    let done = cleanup(
+        store.as_ref(),
+        &loc.path.bucket,
+        &loc.path.key,
+        age,
+        a.dry_run,
+    )
+    .await?;
     if a.json {
         let list: Vec<serde_json::Value> = done
             .iter()

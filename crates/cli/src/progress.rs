@@ -115,7 +115,10 @@ impl Observer for Progress {
         match o.status {
             Status::Ok => {
                 let rate = if o.seconds > 0.0 {
-                    format!(", {}/s", human((o.size.unwrap_or(0) as f64 / o.seconds) as u64))
+                    format!(
+                        ", {}/s",
+                        human((o.size.unwrap_or(0) as f64 / o.seconds) as u64)
+                    )
                 } else {
                     String::new()
                 };
@@ -124,7 +127,11 @@ impl Observer for Progress {
                     o.src,
                     o.dst,
                     o.verified,
-                    if o.source_deleted { ", source deleted" } else { "" }
+                    if o.source_deleted {
+                        ", source deleted"
+                    } else {
+                        ""
+                    }
                 ));
             }
             Status::Failed | Status::Cancelled => {

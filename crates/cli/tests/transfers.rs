@@ -41,7 +41,14 @@ async fn every_size_between_two_endpoints() {
     let mut specs = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
         let key = format!("{p}f{i}");
-        put(ga.as_ref(), "src", &key, data(*size, i as u64), &ObjectAttrs::default()).await;
+        put(
+            ga.as_ref(),
+            "src",
+            &key,
+            data(*size, i as u64),
+            &ObjectAttrs::default(),
+        )
+        .await;
         specs.push(TransferSpec {
             src: named("ga", "src", &key),
             dst: named("gb", "dst", &key),
@@ -59,7 +66,11 @@ async fn every_size_between_two_endpoints() {
         assert_eq!(sha256(&got), sha256(&data(*size, i as u64)), "size {size}");
     }
     // Exactly one part is a single PUT; one byte more is two parts; 23 MiB is five.
-    let parts: Vec<_> = summary.files.iter().map(|f| (f.strategy, f.parts)).collect();
+    let parts: Vec<_> = summary
+        .files
+        .iter()
+        .map(|f| (f.strategy, f.parts))
+        .collect();
     assert_eq!(parts[2], (Some(Strategy::SinglePut), Some(1)));
     assert_eq!(parts[3], (Some(Strategy::StreamParts), Some(2)));
     assert_eq!(parts[4], (Some(Strategy::StreamParts), Some(5)));
@@ -72,8 +83,22 @@ async fn same_endpoint_copies_server_side() {
     let ga = store("ga").await;
     let p = prefix("server");
     let body = data(17 * MIB, 7);
-    put(ga.as_ref(), "src", &format!("{p}big"), body.clone(), &ObjectAttrs::default()).await;
-    put(ga.as_ref(), "src", &format!("{p}small"), data(1000, 8), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}small"),
+        data(1000, 8),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![
         TransferSpec {
             src: named("ga", "src", &format!("{p}big")),
@@ -84,13 +109,22 @@ async fn same_endpoint_copies_server_side() {
             dst: named("ga", "dst", &format!("{p}small")),
         },
     ];
-    let summary = Engine::new(connections(), opts(5)).run(specs).await.expect("run");
+    let summary = Engine::new(connections(), opts(5))
+        .run(specs)
+        .await
+        .expect("run");
     assert!(summary.success(), "{summary:#?}");
     assert_eq!(summary.files[0].strategy, Some(Strategy::ServerPartCopy));
     assert_eq!(summary.files[0].parts, Some(4));
     assert_eq!(summary.files[1].strategy, Some(Strategy::ServerCopy));
-    assert_eq!(summary.bytes_through_client, 0, "no object bytes flowed through barge");
-    assert_eq!(sha256(&read(ga.as_ref(), "dst", &format!("{p}big")).await), sha256(&body));
+    assert_eq!(
+        summary.bytes_through_client, 0,
+        "no object bytes flowed through barge"
+    );
+    assert_eq!(
+        sha256(&read(ga.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&body)
+    );
     assert_no_uploads(ga.as_ref(), "dst", &p).await;
 }
 
@@ -106,7 +140,10 @@ async fn local_to_s3_and_back() {
         src: Location::local(&src_file.to_string_lossy()),
         dst: named("ga", "dst", &format!("{p}in.bin")),
     }];
-    let s = Engine::new(connections(), opts(5)).run(up).await.expect("upload");
+    let s = Engine::new(connections(), opts(5))
+        .run(up)
+        .await
+        .expect("upload");
     assert!(s.success(), "{s:#?}");
     assert_eq!(s.files[0].strategy, Some(Strategy::StreamParts));
     let back = dir.join("sub/out.bin");
@@ -114,7 +151,10 @@ async fn local_to_s3_and_back() {
         src: named("ga", "dst", &format!("{p}in.bin")),
         dst: Location::local(&back.to_string_lossy()),
     }];
-    let s = Engine::new(connections(), opts(5)).run(down).await.expect("download");
+    let s = Engine::new(connections(), opts(5))
+        .run(down)
+        .await
+        .expect("download");
     assert!(s.success(), "{s:#?}");
     let got = std::fs::read(&back).expect("downloaded file");
     assert_eq!(sha256(&got), sha256(&body));
@@ -145,7 +185,14 @@ async fn metadata_is_copied() {
     attrs.user_metadata.insert("team".into(), "data-eng".into());
     attrs.user_metadata.insert("run-id".into(), "42".into());
     for (key, size) in [("small", 100), ("big", 11 * MIB)] {
-        put(ga.as_ref(), "src", &format!("{p}{key}"), data(size, 1), &attrs).await;
+        put(
+            ga.as_ref(),
+            "src",
+            &format!("{p}{key}"),
+            data(size, 1),
+            &attrs,
+        )
+        .await;
     }
     let mut specs = Vec::new();
     for key in ["small", "big"] {
@@ -158,7 +205,10 @@ async fn metadata_is_copied() {
             dst: named("ga", "other", &format!("{p}{key}")),
         });
     }
-    let s = Engine::new(connections(), opts(5)).run(specs).await.expect("run");
+    let s = Engine::new(connections(), opts(5))
+        .run(specs)
+        .await
+        .expect("run");
     assert!(s.success(), "{s:#?}");
     for (store, bucket) in [(&gb, "dst"), (&ga, "other")] {
         for key in ["small", "big"] {
@@ -179,19 +229,40 @@ async fn metadata_is_copied() {
 async fn prefix_copy_with_filters() {
     let (ga, gb) = (store("ga").await, store("gb").await);
     let p = prefix("tree");
-    for (i, key) in ["a.csv", "b.json", "sub/c.csv", "tmp/d.csv"].iter().enumerate() {
-        put(ga.as_ref(), "src", &format!("{p}{key}"), data(100 + i, i as u64), &ObjectAttrs::default()).await;
+    for (i, key) in ["a.csv", "b.json", "sub/c.csv", "tmp/d.csv"]
+        .iter()
+        .enumerate()
+    {
+        put(
+            ga.as_ref(),
+            "src",
+            &format!("{p}{key}"),
+            data(100 + i, i as u64),
+            &ObjectAttrs::default(),
+        )
+        .await;
     }
     let src = named("ga", "src", p.trim_end_matches('/'));
     let dst = named("gb", "dst", &format!("{p}copy"));
     let filters = Filters::new(&["**.csv".into()], &["tmp/**".into()]).expect("globs");
-    let specs = expand_prefix(&src, &dst, ga.as_ref(), &filters).await.expect("list");
+    let specs = expand_prefix(&src, &dst, ga.as_ref(), &filters)
+        .await
+        .expect("list");
     let mut keys: Vec<String> = specs.iter().map(|s| s.dst.path.key.clone()).collect();
     keys.sort();
-    assert_eq!(keys, vec![format!("{p}copy/a.csv"), format!("{p}copy/sub/c.csv")]);
-    let s = Engine::new(connections(), opts(5)).run(specs).await.expect("run");
+    assert_eq!(
+        keys,
+        vec![format!("{p}copy/a.csv"), format!("{p}copy/sub/c.csv")]
+    );
+    let s = Engine::new(connections(), opts(5))
+        .run(specs)
+        .await
+        .expect("run");
     assert!(s.success(), "{s:#?}");
-    let listed = gb.list("dst", &format!("{p}copy/")).await.expect("list dst");
+    let listed = gb
+        .list("dst", &format!("{p}copy/"))
+        .await
+        .expect("list dst");
     assert_eq!(listed.len(), 2);
     assert_eq!(
         sha256(&read(gb.as_ref(), "dst", &format!("{p}copy/sub/c.csv")).await),
@@ -204,7 +275,14 @@ async fn delete_source_deletes_exactly_one_key() {
     let (ga, gb) = (store("ga").await, store("gb").await);
     let p = prefix("move");
     for key in ["file", "file2", "file/child"] {
-        put(ga.as_ref(), "src", &format!("{p}{key}"), data(7 * MIB, 3), &ObjectAttrs::default()).await;
+        put(
+            ga.as_ref(),
+            "src",
+            &format!("{p}{key}"),
+            data(7 * MIB, 3),
+            &ObjectAttrs::default(),
+        )
+        .await;
     }
     let specs = vec![TransferSpec {
         src: named("ga", "src", &format!("{p}file")),
@@ -221,11 +299,16 @@ async fn delete_source_deletes_exactly_one_key() {
     ));
     for sibling in ["file2", "file/child"] {
         assert!(
-            ga.head(&ObjectPath::new("src", format!("{p}{sibling}"))).await.is_ok(),
+            ga.head(&ObjectPath::new("src", format!("{p}{sibling}")))
+                .await
+                .is_ok(),
             "{sibling} shares the prefix and must survive"
         );
     }
-    assert_eq!(sha256(&read(gb.as_ref(), "dst", &format!("{p}file")).await), sha256(&data(7 * MIB, 3)));
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}file")).await),
+        sha256(&data(7 * MIB, 3))
+    );
 }
 
 /// Overwrites a source object when the first part of file 0 is done.
@@ -256,8 +339,22 @@ impl Observer for Saboteur {
 async fn source_changed_mid_transfer_fails_that_file_only() {
     let (ga, gb) = (store("ga").await, store("gb").await);
     let p = prefix("changed");
-    put(ga.as_ref(), "src", &format!("{p}moving"), data(30 * MIB, 1), &ObjectAttrs::default()).await;
-    put(ga.as_ref(), "src", &format!("{p}steady"), data(6 * MIB, 2), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}moving"),
+        data(30 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}steady"),
+        data(6 * MIB, 2),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![
         TransferSpec {
             src: named("ga", "src", &format!("{p}moving")),
@@ -284,17 +381,25 @@ async fn source_changed_mid_transfer_fails_that_file_only() {
     assert_eq!(s.files[0].status, Status::Failed);
     let err = s.files[0].error.as_deref().unwrap_or_default();
     assert!(
-        err.contains(&format!("{p}moving")) && err.contains("changed since the transfer planned it"),
+        err.contains(&format!("{p}moving"))
+            && err.contains("changed since the transfer planned it"),
         "{err}"
     );
     assert!(!s.files[0].source_deleted);
     assert_eq!(s.files[1].status, Status::Ok, "the other file completes");
-    assert!(matches!(
-        gb.head(&ObjectPath::new("dst", format!("{p}moving"))).await,
-        Err(StoreError::NotFound { .. })
-    ), "no spliced destination");
+    assert!(
+        matches!(
+            gb.head(&ObjectPath::new("dst", format!("{p}moving"))).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "no spliced destination"
+    );
     // The changed source was not deleted.
-    assert!(ga.head(&ObjectPath::new("src", format!("{p}moving"))).await.is_ok());
+    assert!(
+        ga.head(&ObjectPath::new("src", format!("{p}moving")))
+            .await
+            .is_ok()
+    );
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
 }
 
@@ -305,7 +410,14 @@ async fn manifest_of_many_files() {
     let mut entries = Vec::new();
     for i in 0..40 {
         let size = if i % 10 == 0 { 6 * MIB } else { 1000 + i };
-        put(ga.as_ref(), "src", &format!("{p}in/{i}"), data(size, i as u64), &ObjectAttrs::default()).await;
+        put(
+            ga.as_ref(),
+            "src",
+            &format!("{p}in/{i}"),
+            data(size, i as u64),
+            &ObjectAttrs::default(),
+        )
+        .await;
         entries.push(serde_json::json!({
             "src_conn_id": "ga", "src_bucket": "src", "src_key": format!("{p}in/{i}"),
             "dest_conn_id": "gb", "dest_bucket": "dst", "dest_key": format!("{p}out/{i}"),
@@ -350,11 +462,24 @@ async fn cleanup_aborts_stale_uploads() {
         .expect("dry run");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].upload.upload_id, up.upload_id);
-    assert_eq!(ga.list_uploads("dst", &p).await.expect("list").len(), 1, "dry run aborts nothing");
-    let young = barge_engine::run::cleanup(ga.as_ref(), "dst", &p, std::time::Duration::from_secs(3600), false)
-        .await
-        .expect("young");
-    assert!(young.is_empty(), "uploads younger than --older-than are kept");
+    assert_eq!(
+        ga.list_uploads("dst", &p).await.expect("list").len(),
+        1,
+        "dry run aborts nothing"
+    );
+    let young = barge_engine::run::cleanup(
+        ga.as_ref(),
+        "dst",
+        &p,
+        std::time::Duration::from_secs(3600),
+        false,
+    )
+    .await
+    .expect("young");
+    assert!(
+        young.is_empty(),
+        "uploads younger than --older-than are kept"
+    );
     barge_engine::run::cleanup(ga.as_ref(), "dst", &p, std::time::Duration::ZERO, false)
         .await
         .expect("cleanup");
@@ -365,7 +490,14 @@ async fn cleanup_aborts_stale_uploads() {
 async fn missing_source_fails_that_file_with_its_name() {
     let ga = store("ga").await;
     let p = prefix("missing");
-    put(ga.as_ref(), "src", &format!("{p}here"), data(10, 1), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}here"),
+        data(10, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![
         TransferSpec {
             src: named("ga", "src", &format!("{p}not-here")),
@@ -376,13 +508,26 @@ async fn missing_source_fails_that_file_with_its_name() {
             dst: named("gb", "nope-bucket", &format!("{p}b")),
         },
     ];
-    let s = Engine::new(connections(), opts(5)).run(specs).await.expect("run");
+    let s = Engine::new(connections(), opts(5))
+        .run(specs)
+        .await
+        .expect("run");
     assert!(!s.success());
     let e0 = s.files[0].error.as_deref().unwrap_or_default();
-    assert!(e0.contains("ga:") && e0.contains(&format!("{p}not-here")) && e0.contains("does not exist"), "{e0}");
+    assert!(
+        e0.contains("ga:") && e0.contains(&format!("{p}not-here")) && e0.contains("does not exist"),
+        "{e0}"
+    );
     let e1 = s.files[1].error.as_deref().unwrap_or_default();
-    assert!(e1.contains("gb:") && e1.contains("bucket 'nope-bucket' does not exist"), "{e1}");
+    assert!(
+        e1.contains("gb:") && e1.contains("bucket 'nope-bucket' does not exist"),
+        "{e1}"
+    );
     // The source of the failed file is untouched.
-    assert!(ga.head(&ObjectPath::new("src", format!("{p}here"))).await.is_ok());
+    assert!(
+        ga.head(&ObjectPath::new("src", format!("{p}here")))
+            .await
+            .is_ok()
+    );
     let _ = Location::local("/");
 }

@@ -201,7 +201,8 @@ impl Connections {
         let mut file = ConfigFile::default();
         for (c, _) in &stores {
             if let ConnRef::Named(n) = c {
-                file.connections.insert(n.clone(), ConnectionConfig::default());
+                file.connections
+                    .insert(n.clone(), ConnectionConfig::default());
             }
         }
         Self {
@@ -280,11 +281,14 @@ mod tests {
         .expect("valid config");
         let c = &cfg.connections["garage"];
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
-        let s3 = s3_config("garage", &ConnectionConfig {
-            access_key_id_env: None,
-            secret_access_key_env: None,
-            ..c.clone()
-        })
+        let s3 = s3_config(
+            "garage",
+            &ConnectionConfig {
+                access_key_id_env: None,
+                secret_access_key_env: None,
+                ..c.clone()
+            },
+        )
         .expect("config");
         assert!(s3.path_style, "path style defaults on with an endpoint");
         assert_eq!(s3.checksum, ChecksumMode::Off);
@@ -319,7 +323,10 @@ mod tests {
     #[test]
     fn airflow_conn_ids() {
         let c = Connections::new(ConfigFile::default());
-        assert_eq!(c.resolve_conn_id("aws_default").ok(), Some(ConnRef::Default));
+        assert_eq!(
+            c.resolve_conn_id("aws_default").ok(),
+            Some(ConnRef::Default)
+        );
         assert_eq!(c.resolve_conn_id("local").ok(), Some(ConnRef::Local));
         assert!(c.resolve_conn_id("my_conn").is_err());
     }

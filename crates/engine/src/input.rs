@@ -53,7 +53,11 @@ impl ManifestFormat {
             ManifestFormat::Csv
         } else if text.trim_start().starts_with(['[', '{']) {
             ManifestFormat::Json
-        } else if text.lines().next().is_some_and(|l| l.contains("src_key") && l.contains(',')) {
+        } else if text
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("src_key") && l.contains(','))
+        {
             ManifestFormat::Csv
         } else {
             ManifestFormat::Yaml
@@ -91,9 +95,8 @@ pub fn parse_manifest(
     let list = entries(text, format, origin)?;
     let mut out = Vec::with_capacity(list.len());
     for (i, e) in list.into_iter().enumerate() {
-        let at = |what: &str| {
-            EngineError::Input(format!("manifest {origin}: entry {}: {what}", i + 1))
-        };
+        let at =
+            |what: &str| EngineError::Input(format!("manifest {origin}: entry {}: {what}", i + 1));
         let side = |conn_id: &str, bucket: String, key: String, which: &str| -> Result<Location> {
             let conn = conns
                 .resolve_conn_id(conn_id)
@@ -203,7 +206,13 @@ pub async fn expand_prefix(
 /// `cp SRC DST` for one object: a destination ending in `/` (or an existing local folder) gets
 /// the source's file name.
 pub fn single(src: Location, dst: Location) -> TransferSpec {
-    let name = src.path.key.rsplit('/').next().unwrap_or_default().to_string();
+    let name = src
+        .path
+        .key
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let into_dir = dst.path.key.is_empty()
         || dst.path.key.ends_with('/')
         || (dst.is_local() && std::path::Path::new(&dst.path.key).is_dir());
@@ -279,9 +288,17 @@ mod tests {
     fn manifest_errors_name_the_entry() {
         let bad = r#"[{"src_conn_id": "nope", "src_bucket": "a", "src_key": "k", "dest_bucket": "b", "dest_key": "k"}]"#;
         let e = parse_manifest(bad, ManifestFormat::Json, "m.json", &conns()).expect_err("conn");
-        assert!(e.to_string().contains("entry 1") && e.to_string().contains("'nope'"), "{e}");
-        let e = parse_manifest("[{\"src_key\": 1}]", ManifestFormat::Json, "m.json", &conns())
-            .expect_err("type");
+        assert!(
+            e.to_string().contains("entry 1") && e.to_string().contains("'nope'"),
+            "{e}"
+        );
+        let e = parse_manifest(
+            "[{\"src_key\": 1}]",
+            ManifestFormat::Json,
+            "m.json",
+            &conns(),
+        )
+        .expect_err("type");
         assert!(e.to_string().contains("manifest m.json"), "{e}");
         let e = parse_manifest(
             r#"[{"src_bucket": "", "src_key": "k", "dest_bucket": "b", "dest_key": "k"}]"#,
@@ -301,7 +318,10 @@ mod tests {
         ]"#;
         let specs = parse_manifest(dup, ManifestFormat::Json, "m", &conns()).expect("parse");
         let e = check_unique(&specs).expect_err("duplicate");
-        assert!(e.to_string().contains("same destination s3://b/same"), "{e}");
+        assert!(
+            e.to_string().contains("same destination s3://b/same"),
+            "{e}"
+        );
         // Same key in different buckets is fine.
         let ok = r#"[
           {"src_bucket": "a", "src_key": "x", "dest_bucket": "b1", "dest_key": "same"},

@@ -152,7 +152,12 @@ mod tests {
         let e = parse("nope:b/k").expect_err("unknown connection");
         assert!(e.to_string().contains("no connection named 'nope'"), "{e}");
         assert!(parse("s3:///k").is_err());
-        assert!(parse("gs://b/k").expect_err("scheme").to_string().contains("unknown scheme"));
+        assert!(
+            parse("gs://b/k")
+                .expect_err("scheme")
+                .to_string()
+                .contains("unknown scheme")
+        );
         assert!(parse("").is_err());
         assert!(parse("wasabi:/k").is_err());
     }

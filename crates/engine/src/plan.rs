@@ -193,7 +193,11 @@ mod tests {
         let mut caps = s3();
         caps.max_object_size = Some(5 * TIB);
         let e = part_size_for(6 * TIB, 5 * MIB, &caps).expect_err("over object limit");
-        assert!(e.to_string().contains("larger than the destination accepts"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("larger than the destination accepts"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -223,18 +227,33 @@ mod tests {
             ..streamed
         };
         let o = PlanOptions::default();
-        assert_eq!(choose(0, &streamed, &o).expect("empty").0, Strategy::SinglePut);
-        assert_eq!(choose(MIB, &streamed, &o).expect("small").0, Strategy::SinglePut);
+        assert_eq!(
+            choose(0, &streamed, &o).expect("empty").0,
+            Strategy::SinglePut
+        );
+        assert_eq!(
+            choose(MIB, &streamed, &o).expect("small").0,
+            Strategy::SinglePut
+        );
         let (s, ps, n) = choose(GIB, &streamed, &o).expect("big");
         assert_eq!((s, ps, n), (Strategy::StreamParts, 16 * MIB, 64));
-        assert_eq!(choose(MIB, &server, &o).expect("small").0, Strategy::ServerCopy);
-        assert_eq!(choose(6 * GIB, &server, &o).expect("big").0, Strategy::ServerPartCopy);
+        assert_eq!(
+            choose(MIB, &server, &o).expect("small").0,
+            Strategy::ServerCopy
+        );
+        assert_eq!(
+            choose(6 * GIB, &server, &o).expect("big").0,
+            Strategy::ServerPartCopy
+        );
         // Over 5 GiB never goes as one CopyObject even with huge copy parts.
         let huge = PlanOptions {
             copy_part_size: 5 * GIB,
             ..o.clone()
         };
-        assert_eq!(choose(5 * GIB + 1, &server, &huge).expect("big").0, Strategy::ServerPartCopy);
+        assert_eq!(
+            choose(5 * GIB + 1, &server, &huge).expect("big").0,
+            Strategy::ServerPartCopy
+        );
         let tight = PlanOptions {
             max_memory: 8 * MIB,
             ..o

@@ -96,6 +96,8 @@ impl Summary {
 
     /// Every file was moved and verified.
     pub fn success(&self) -> bool {
-        self.files.iter().all(|f| matches!(f.status, Status::Ok | Status::Planned))
+        self.files
+            .iter()
+            .all(|f| matches!(f.status, Status::Ok | Status::Planned))
     }
 }

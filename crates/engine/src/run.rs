@@ -144,12 +144,20 @@ impl Engine {
         for (i, p) in planned.into_iter().enumerate() {
             match p {
                 Ok(plan) => plans.push(plan),
-                Err(e) => outcomes.push(failed_unplanned(i, &specs[i], &e)),
+                Err(e) => {
+                    let o = failed_unplanned(i, &specs[i], &e);
+                    self.observer.file_finished(&o);
+                    outcomes.push(o);
+                }
             }
         }
         self.observer.planned(&plans);
         if self.opts.dry_run {
-            outcomes.extend(plans.iter().map(|p| outcome(p, Status::Planned, None, None, 0.0)));
+            outcomes.extend(
+                plans
+                    .iter()
+                    .map(|p| outcome(p, Status::Planned, None, None, 0.0)),
+            );
             outcomes.sort_by_key(|o| o.id);
             return Ok(Summary::new(outcomes, started.elapsed(), 0));
         }
@@ -183,7 +191,10 @@ impl Engine {
         let secs = t0.elapsed().as_secs_f64();
         let out = match result {
             Ok(done) => {
-                let _ = self.journal.file_state(plan.id, FileState::Completed, None).await;
+                let _ = self
+                    .journal
+                    .file_state(plan.id, FileState::Completed, None)
+                    .await;
                 let mut o = outcome(plan, Status::Ok, Some(done.verified), None, secs);
                 o.source_deleted = done.source_deleted;
                 o
@@ -256,7 +267,9 @@ impl Engine {
             }) => r?,
             _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
         };
-        self.journal.upload_started(plan.id, &upload.upload_id).await?;
+        self.journal
+            .upload_started(plan.id, &upload.upload_id)
+            .await?;
         let work = self.parts_and_complete(plan, src, dst, &upload);
         let result = tokio::select! {
             r = work => r,
@@ -304,7 +317,12 @@ impl Engine {
             dst.complete_upload(upload, &receipts)
         })
         .await?;
-        verify(dst.as_ref(), plan, &Expected::from_parts(plan.size, &receipts)).await
+        verify(
+            dst.as_ref(),
+            plan,
+            &Expected::from_parts(plan.size, &receipts),
+        )
+        .await
     }
 
     async fn abort(&self, dst: &dyn Store, upload: &UploadRef) {

@@ -48,7 +48,9 @@ pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
         cache_control: Some("max-age=60".into()),
         ..Default::default()
     };
-    attrs.user_metadata.insert("origin".into(), "conformance".into());
+    attrs
+        .user_metadata
+        .insert("origin".into(), "conformance".into());
     store
         .put(&path, body.clone(), &attrs, Some(crc32c(&body)))
         .await
@@ -56,26 +58,51 @@ pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
     let meta = store.head(&path).await.expect("head");
     assert_eq!(meta.size, 1000, "head reports the size written");
     if store.capabilities().metadata {
-        assert_eq!(meta.attrs.content_type, attrs.content_type, "content type kept");
-        assert_eq!(meta.attrs.cache_control, attrs.cache_control, "cache control kept");
-        assert_eq!(meta.attrs.user_metadata, attrs.user_metadata, "user metadata kept");
+        assert_eq!(
+            meta.attrs.content_type, attrs.content_type,
+            "content type kept"
+        );
+        assert_eq!(
+            meta.attrs.cache_control, attrs.cache_control,
+            "cache control kept"
+        );
+        assert_eq!(
+            meta.attrs.user_metadata, attrs.user_metadata,
+            "user metadata kept"
+        );
     }
     let part = store
         .get_range(&path, &Pin::of(&meta), 100, 50)
         .await
         .expect("ranged read");
-    assert_eq!(part, body.slice(100..150), "ranged read returns exactly the range");
+    assert_eq!(
+        part,
+        body.slice(100..150),
+        "ranged read returns exactly the range"
+    );
     // Zero-byte objects exist too.
     let empty = ObjectPath::new(bucket, format!("{prefix}empty.bin"));
     store
-        .put(&empty, Bytes::new(), &ObjectAttrs::default(), Some(crc32c(&[])))
+        .put(
+            &empty,
+            Bytes::new(),
+            &ObjectAttrs::default(),
+            Some(crc32c(&[])),
+        )
         .await
         .expect("put empty");
     assert_eq!(store.head(&empty).await.expect("head empty").size, 0);
     let listed = store.list(bucket, prefix).await.expect("list");
     let keys: Vec<&str> = listed.iter().map(|m| m.path.key.as_str()).collect();
-    assert!(keys.contains(&path.key.as_str()), "list shows {}: {keys:?}", path.key);
-    assert!(keys.contains(&empty.key.as_str()), "list shows the empty object: {keys:?}");
+    assert!(
+        keys.contains(&path.key.as_str()),
+        "list shows {}: {keys:?}",
+        path.key
+    );
+    assert!(
+        keys.contains(&empty.key.as_str()),
+        "list shows the empty object: {keys:?}"
+    );
 }
 
 pub async fn missing_object(store: &dyn Store, bucket: &str, prefix: &str) {
@@ -141,7 +168,10 @@ pub async fn multipart_round_trip(store: &dyn Store, bucket: &str, prefix: &str)
         let nums: Vec<u32> = listed.iter().map(|p| p.number).collect();
         assert_eq!(nums, vec![1, 2, 3], "list_parts shows every uploaded part");
     }
-    let pending = store.list_uploads(bucket, prefix).await.expect("list uploads");
+    let pending = store
+        .list_uploads(bucket, prefix)
+        .await
+        .expect("list uploads");
     assert!(
         pending.iter().any(|p| p.upload.upload_id == up.upload_id),
         "an open upload is listed"
@@ -150,8 +180,15 @@ pub async fn multipart_round_trip(store: &dyn Store, bucket: &str, prefix: &str)
         .complete_upload(&up, &receipts)
         .await
         .expect("complete");
-    assert_eq!(read_all(store, &path).await, body, "assembled object is the parts in order");
-    let pending = store.list_uploads(bucket, prefix).await.expect("list uploads");
+    assert_eq!(
+        read_all(store, &path).await,
+        body,
+        "assembled object is the parts in order"
+    );
+    let pending = store
+        .list_uploads(bucket, prefix)
+        .await
+        .expect("list uploads");
     assert!(
         !pending.iter().any(|p| p.upload.upload_id == up.upload_id),
         "a completed upload is no longer listed"
@@ -180,7 +217,10 @@ pub async fn abort_leaves_nothing(store: &dyn Store, bucket: &str, prefix: &str)
         .expect("upload part");
     store.abort_upload(&up).await.expect("abort");
     store.abort_upload(&up).await.expect("abort twice is fine");
-    let pending = store.list_uploads(bucket, prefix).await.expect("list uploads");
+    let pending = store
+        .list_uploads(bucket, prefix)
+        .await
+        .expect("list uploads");
     assert!(
         !pending.iter().any(|p| p.upload.upload_id == up.upload_id),
         "an aborted upload is gone"
@@ -214,7 +254,10 @@ pub async fn wrong_checksum_rejected(store: &dyn Store, bucket: &str, prefix: &s
         )
         .await;
     store.abort_upload(&up).await.expect("abort");
-    assert!(res.is_err(), "a part whose CRC32C does not match is rejected");
+    assert!(
+        res.is_err(),
+        "a part whose CRC32C does not match is rejected"
+    );
 }
 
 pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str) {
@@ -241,10 +284,22 @@ pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str
             offset: off,
             len,
         };
-        receipts.push(store.copy_part(&up, &spec, &src, &pin).await.expect("copy part"));
+        receipts.push(
+            store
+                .copy_part(&up, &spec, &src, &pin)
+                .await
+                .expect("copy part"),
+        );
     }
-    store.complete_upload(&up, &receipts).await.expect("complete copy");
-    assert_eq!(read_all(store, &dst).await, body, "server-side copy is byte-identical");
+    store
+        .complete_upload(&up, &receipts)
+        .await
+        .expect("complete copy");
+    assert_eq!(
+        read_all(store, &dst).await,
+        body,
+        "server-side copy is byte-identical"
+    );
     let whole = ObjectPath::new(bucket, format!("{prefix}copy-whole.bin"));
     let attrs = ObjectAttrs {
         content_type: Some("text/x-copied".into()),
@@ -255,7 +310,10 @@ pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str
         .await
         .expect("copy object");
     let meta = store.head(&whole).await.expect("head copy");
-    assert_eq!(meta.attrs.content_type, attrs.content_type, "copy sets the given attributes");
+    assert_eq!(
+        meta.attrs.content_type, attrs.content_type,
+        "copy sets the given attributes"
+    );
     assert_eq!(read_all(store, &whole).await, body);
     let stale = Pin {
         etag: Some("\"0000000000\"".into()),
@@ -294,6 +352,12 @@ pub async fn delete_is_exact(store: &dyn Store, bucket: &str, prefix: &str) {
             .expect("put");
     }
     store.delete(&a, None).await.expect("delete");
-    assert!(matches!(store.head(&a).await, Err(StoreError::NotFound { .. })));
-    assert!(store.head(&b).await.is_ok(), "delete removes one exact key, not a prefix");
+    assert!(matches!(
+        store.head(&a).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        store.head(&b).await.is_ok(),
+        "delete removes one exact key, not a prefix"
+    );
 }

@@ -10,20 +10,28 @@ pub enum StoreError {
     #[error("{store}: object {path} does not exist")]
     NotFound { store: String, path: String },
 
-    #[error("{store}: bucket '{bucket}' does not exist (create it, or check the bucket name and the connection's endpoint)")]
+    #[error(
+        "{store}: bucket '{bucket}' does not exist (create it, or check the bucket name and the connection's endpoint)"
+    )]
     NoSuchBucket { store: String, bucket: String },
 
-    #[error("{store}: access denied for {what}: {detail} (check the connection's credentials and their permissions)")]
+    #[error(
+        "{store}: access denied for {what}: {detail} (check the connection's credentials and their permissions)"
+    )]
     AccessDenied {
         store: String,
         what: String,
         detail: String,
     },
 
-    #[error("{store}: source {path} changed since the transfer planned it (its ETag or version no longer matches); it was not copied, run the transfer again to copy the new version")]
+    #[error(
+        "{store}: source {path} changed since the transfer planned it (its ETag or version no longer matches); it was not copied, run the transfer again to copy the new version"
+    )]
     SourceChanged { store: String, path: String },
 
-    #[error("{store}: multipart upload {upload_id} of {path} no longer exists (it was completed or aborted elsewhere)")]
+    #[error(
+        "{store}: multipart upload {upload_id} of {path} no longer exists (it was completed or aborted elsewhere)"
+    )]
     NoSuchUpload {
         store: String,
         path: String,

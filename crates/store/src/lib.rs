@@ -204,7 +204,8 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Bytes `[offset, offset + len)` of the object, failing with [`StoreError::SourceChanged`]
     /// when the object no longer matches `pin`.
-    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes>;
+    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64)
+    -> Result<Bytes>;
 
     /// Write a whole object in one request.
     async fn put(
@@ -259,7 +260,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
 
     /// Complete an upload from the receipts, sorted by part number.
-    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt>;
+    async fn complete_upload(
+        &self,
+        upload: &UploadRef,
+        parts: &[PartReceipt],
+    ) -> Result<PutReceipt>;
 
     async fn abort_upload(&self, upload: &UploadRef) -> Result<()>;
 

@@ -27,7 +27,10 @@ async fn s3_store_conforms() {
     let store = garage("A").await;
     let prefix = format!("conformance-{}/", uuid::Uuid::new_v4().simple());
     conformance::run_all(&store, "src", &prefix).await;
-    let left = store.list_uploads("src", &prefix).await.expect("list uploads");
+    let left = store
+        .list_uploads("src", &prefix)
+        .await
+        .expect("list uploads");
     assert!(left.is_empty(), "uploads left behind: {left:?}");
 }
 
@@ -39,7 +42,8 @@ async fn missing_bucket_is_named() {
         .await
         .expect_err("missing bucket");
     assert!(
-        err.to_string().contains("bucket 'no-such-bucket-here' does not exist"),
+        err.to_string()
+            .contains("bucket 'no-such-bucket-here' does not exist"),
         "{err}"
     );
 }
@@ -62,6 +66,9 @@ async fn wrong_credentials_are_access_denied_and_secret_free() {
         .await
         .expect_err("bad credentials");
     let msg = err.to_string();
-    assert!(msg.contains("bad-creds") && msg.contains("access denied"), "{msg}");
+    assert!(
+        msg.contains("bad-creds") && msg.contains("access denied"),
+        "{msg}"
+    );
     assert!(!msg.contains(secret), "the secret leaked into: {msg}");
 }

@@ -15,7 +15,8 @@ pub const MIB: usize = 1024 * 1024;
 
 pub fn require_testbed() {
     assert!(
-        std::env::var("BARGE_TEST_A_ENDPOINT").is_ok() && std::env::var("BARGE_TEST_B_ENDPOINT").is_ok(),
+        std::env::var("BARGE_TEST_A_ENDPOINT").is_ok()
+            && std::env::var("BARGE_TEST_B_ENDPOINT").is_ok(),
         "the S3 test servers are not running: run the tests with scripts/test.sh"
     );
 }
@@ -96,6 +97,12 @@ pub async fn read(store: &dyn Store, bucket: &str, key: &str) -> Bytes {
 
 /// No multipart upload is left open under the prefix.
 pub async fn assert_no_uploads(store: &dyn Store, bucket: &str, prefix: &str) {
-    let left = store.list_uploads(bucket, prefix).await.expect("list uploads");
-    assert!(left.is_empty(), "multipart uploads left behind under {bucket}/{prefix}: {left:?}");
+    let left = store
+        .list_uploads(bucket, prefix)
+        .await
+        .expect("list uploads");
+    assert!(
+        left.is_empty(),
+        "multipart uploads left behind under {bucket}/{prefix}: {left:?}"
+    );
 }

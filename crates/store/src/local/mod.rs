@@ -91,9 +91,7 @@ fn io_err(path: &str, e: std::io::Error) -> StoreError {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Permanent {
@@ -182,7 +180,9 @@ impl Store for LocalStore {
                 Ok(md) if md.is_dir() => walk(p, &mut out).map_err(|e| io_err(&prefix, e))?,
                 Ok(md) if md.is_file() => out.push(meta_of(&prefix, &md)),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(&prefix)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(not_found(&prefix));
+                }
                 Err(e) => return Err(StoreError::io(&prefix, e)),
             }
             out.sort_by(|a, b| a.path.key.cmp(&b.path.key));
@@ -191,14 +191,24 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes> {
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         let key = path.key.clone();
         let pin = pin.clone();
         blocking(move || {
             let f = File::open(&key).map_err(|e| io_err(&key, e))?;
             let check = |f: &File| -> Result<()> {
                 let md = f.metadata().map_err(|e| StoreError::io(&key, e))?;
-                if pin.etag.as_deref().is_some_and(|e| e != synthetic_etag(&md)) {
+                if pin
+                    .etag
+                    .as_deref()
+                    .is_some_and(|e| e != synthetic_etag(&md))
+                {
                     return Err(StoreError::SourceChanged {
                         store: "local".into(),
                         path: key.clone(),
@@ -318,7 +328,11 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt> {
+    async fn complete_upload(
+        &self,
+        upload: &UploadRef,
+        parts: &[PartReceipt],
+    ) -> Result<PutReceipt> {
         let dest = PathBuf::from(&upload.path.key);
         let tmp = tmp_path(&dest, &upload.upload_id);
         let expected: u64 = parts.iter().map(|p| p.len).sum();

@@ -245,7 +245,10 @@ impl Store for MemoryStore {
 
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let st = self.lock();
-        let b = st.buckets.get(bucket).ok_or_else(|| self.no_bucket(bucket))?;
+        let b = st
+            .buckets
+            .get(bucket)
+            .ok_or_else(|| self.no_bucket(bucket))?;
         Ok(b.range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, o)| ObjectMeta {
@@ -260,7 +263,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes> {
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         self.maybe_fail("GetObject")?;
         let mut st = self.lock();
         let obj = self.read_pinned(&mut st, path, pin)?;
@@ -354,7 +363,10 @@ impl Store for MemoryStore {
     ) -> Result<PartReceipt> {
         self.maybe_fail("UploadPart")?;
         let crc = self.check_crc(&data, crc32c, "UploadPart")?;
-        let etag = format!("\"{crc:08x}-{}\"", self.counter.fetch_add(1, Ordering::Relaxed));
+        let etag = format!(
+            "\"{crc:08x}-{}\"",
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
         let len = data.len() as u64;
         let mut st = self.lock();
         let up = st
@@ -380,13 +392,17 @@ impl Store for MemoryStore {
         self.maybe_fail("UploadPartCopy")?;
         let mut st = self.lock();
         let obj = self.read_pinned(&mut st, src, pin)?;
-        let data = slice(&obj.data, part.offset, part.len).ok_or_else(|| StoreError::Permanent {
-            store: self.name.clone(),
-            op: "UploadPartCopy".into(),
-            detail: format!("{src}: range past the end"),
-        })?;
+        let data =
+            slice(&obj.data, part.offset, part.len).ok_or_else(|| StoreError::Permanent {
+                store: self.name.clone(),
+                op: "UploadPartCopy".into(),
+                detail: format!("{src}: range past the end"),
+            })?;
         let crc = crc32c(&data);
-        let etag = format!("\"{crc:08x}-{}\"", self.counter.fetch_add(1, Ordering::Relaxed));
+        let etag = format!(
+            "\"{crc:08x}-{}\"",
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
         let up = st
             .uploads
             .get_mut(&upload.upload_id)
@@ -400,7 +416,11 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt> {
+    async fn complete_upload(
+        &self,
+        upload: &UploadRef,
+        parts: &[PartReceipt],
+    ) -> Result<PutReceipt> {
         self.maybe_fail("CompleteMultipartUpload")?;
         let mut st = self.lock();
         let up = st
@@ -425,12 +445,18 @@ impl Store for MemoryStore {
                 .get(&p.number)
                 .ok_or_else(|| invalid(format!("InvalidPart: part {} not uploaded", p.number)))?;
             if etag != &p.etag {
-                return Err(invalid(format!("InvalidPart: part {} ETag mismatch", p.number)));
+                return Err(invalid(format!(
+                    "InvalidPart: part {} ETag mismatch",
+                    p.number
+                )));
             }
             if let Some(c) = p.crc32c.as_deref().and_then(crc32c_from_b64)
                 && c != *crc
             {
-                return Err(invalid(format!("InvalidPart: part {} checksum mismatch", p.number)));
+                return Err(invalid(format!(
+                    "InvalidPart: part {} checksum mismatch",
+                    p.number
+                )));
             }
             if i + 1 < parts.len() && (data.len() as u64) < self.caps.min_part_size {
                 return Err(invalid("EntityTooSmall".into()));

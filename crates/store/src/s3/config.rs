@@ -124,15 +124,12 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<(Client, Option<Strin
     if sdk.region().is_none() {
         builder = builder.region(Region::new("us-east-1"));
     }
-    let endpoint = sdk
-        .endpoint_url()
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "aws:{}",
-                sdk.region().map(|r| r.to_string()).unwrap_or_default()
-            )
-        });
+    let endpoint = sdk.endpoint_url().map(str::to_string).unwrap_or_else(|| {
+        format!(
+            "aws:{}",
+            sdk.region().map(|r| r.to_string()).unwrap_or_default()
+        )
+    });
     let identity = match sdk.credentials_provider() {
         Some(p) => match p.provide_credentials().await {
             Ok(c) => Some(format!("{endpoint}|{}", c.access_key_id())),

@@ -163,7 +163,9 @@ impl Store for S3Store {
                         .bucket(&path.bucket)
                         .send()
                         .await
-                        .is_err_and(|e| e.raw_response().is_some_and(|r| r.status().as_u16() == 404))
+                        .is_err_and(|e| {
+                            e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+                        })
                 {
                     return Err(StoreError::NoSuchBucket {
                         store: self.name.clone(),
@@ -227,7 +229,13 @@ impl Store for S3Store {
         Ok(out)
     }
 
-    async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64) -> Result<Bytes> {
+    async fn get_range(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         if len == 0 {
             return Ok(Bytes::new());
         }
@@ -395,7 +403,10 @@ impl Store for S3Store {
         let etag = out.e_tag().ok_or_else(|| StoreError::Transient {
             store: self.name.clone(),
             op: "UploadPart".into(),
-            detail: format!("{}: part {} answer carried no ETag", upload.path, part.number),
+            detail: format!(
+                "{}: part {} answer carried no ETag",
+                upload.path, part.number
+            ),
         })?;
         Ok(PartReceipt {
             number: part.number,
@@ -441,11 +452,17 @@ impl Store for S3Store {
             number: part.number,
             etag: etag.to_string(),
             len: part.len,
-            crc32c: result.and_then(|r| r.checksum_crc32_c()).map(str::to_string),
+            crc32c: result
+                .and_then(|r| r.checksum_crc32_c())
+                .map(str::to_string),
         })
     }
 
-    async fn complete_upload(&self, upload: &UploadRef, parts: &[PartReceipt]) -> Result<PutReceipt> {
+    async fn complete_upload(
+        &self,
+        upload: &UploadRef,
+        parts: &[PartReceipt],
+    ) -> Result<PutReceipt> {
         let completed: Vec<CompletedPart> = parts
             .iter()
             .map(|p| {

@@ -1,0 +1,401 @@
+//! The `barge` binary as a user runs it: exit statuses, the messages a user sees, and what is
+//! (and is not) left behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use barge_engine::location::ConnRef;
+use barge_store::{ObjectAttrs, ObjectPath, Store, StoreError};
+use common::*;
+
+struct Env {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+fn env(tag: &str) -> Env {
+    let dir = temp_dir(tag);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_text()).expect("config");
+    Env { dir, config }
+}
+
+fn barge(e: &Env, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_barge"))
+        .arg("--config")
+        .arg(&e.config)
+        .args(args)
+        .env_remove("BARGE_CONFIG")
+        .output()
+        .expect("run barge")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+async fn ga() -> std::sync::Arc<dyn Store> {
+    connections()
+        .get(&ConnRef::Named("ga".into()))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_source_exits_1_naming_the_object() {
+    let e = env("cli-missing");
+    let p = prefix("cli-missing");
+    let o = barge(
+        &e,
+        &["cp", &format!("ga:src/{p}nothing"), &format!("gb:dst/{p}x")],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("ga: object src/{p}nothing does not exist")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_destinations_are_refused_before_anything_moves() {
+    let e = env("cli-dup");
+    let p = prefix("cli-dup");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}a"),
+        data(10, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    put(
+        store.as_ref(),
+        "other",
+        &format!("{p}a"),
+        data(10, 2),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let manifest = e.dir.join("m.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"[
+  {{"src_conn_id": "ga", "src_bucket": "src", "src_key": "{p}a", "dest_conn_id": "gb", "dest_bucket": "dst", "dest_key": "{p}same"}},
+  {{"src_conn_id": "ga", "src_bucket": "other", "src_key": "{p}a", "dest_conn_id": "gb", "dest_bucket": "dst", "dest_key": "{p}same"}}
+]"#
+        ),
+    )
+    .expect("manifest");
+    let o = barge(&e, &["run", &manifest.to_string_lossy()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "two transfers write the same destination gb:dst/{p}same"
+        )),
+        "{err}"
+    );
+    let gb = connections()
+        .get(&ConnRef::Named("gb".into()))
+        .await
+        .expect("gb");
+    assert!(
+        matches!(
+            gb.head(&ObjectPath::new("dst", format!("{p}same"))).await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "nothing moved"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let e = env("cli-bad");
+    for (args, expect) in [
+        (
+            vec!["cp", "nope:b/k", "/tmp/x"],
+            "no connection named 'nope'",
+        ),
+        (
+            vec!["cp", "s3://b/k", "/tmp/x", "--part-size", "big"],
+            "'big' is not a size",
+        ),
+        (vec!["cp", "ga:src/dir/", "/tmp/x"], "add -r"),
+        (
+            vec!["cp", "ga:src/k", "/tmp/x", "--include", "*.csv"],
+            "--include and --exclude go with -r",
+        ),
+        (
+            vec!["run", "/definitely/not/here.json"],
+            "cannot read manifest",
+        ),
+        (
+            vec!["cleanup", "ga:dst/", "--older-than", "soon"],
+            "not a duration",
+        ),
+    ] {
+        let o = barge(&e, &args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected '{expect}' in: {err}"
+        );
+    }
+    let bad_cfg = e.dir.join("bad.toml");
+    std::fs::write(&bad_cfg, "[connections.x]\nendpont = 'http://x'\n").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_barge"))
+        .args([
+            "--config",
+            &bad_cfg.to_string_lossy(),
+            "cp",
+            "x:b/k",
+            "/tmp/y",
+        ])
+        .output()
+        .expect("run");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml") && err.contains("endpont"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_prints_the_plan_and_moves_nothing() {
+    let e = env("cli-dry");
+    let p = prefix("cli-dry");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}big"),
+        data(12 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            &format!("ga:src/{p}big"),
+            &format!("gb:dst/{p}big"),
+            "--dry-run",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(out.contains("StreamParts: 3 parts of 5.0 MiB"), "{out}");
+    let gb = connections()
+        .get(&ConnRef::Named("gb".into()))
+        .await
+        .expect("gb");
+    assert!(
+        gb.head(&ObjectPath::new("dst", format!("{p}big")))
+            .await
+            .is_err()
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}
+
+fn write_tree(root: &Path) {
+    for (rel, size) in [
+        ("a.csv", 10),
+        ("b.log", 20),
+        ("deep/c.csv", 6 * MIB),
+        ("deep/tmp.csv", 5),
+    ] {
+        let f = root.join(rel);
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&f, data(size, size as u64)).expect("write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recursive_folder_upload_with_json_summary() {
+    let e = env("cli-tree");
+    let p = prefix("cli-tree");
+    let tree = e.dir.join("tree");
+    write_tree(&tree);
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            "-r",
+            &tree.to_string_lossy(),
+            &format!("ga:dst/{p}"),
+            "--include",
+            "**.csv",
+            "--exclude",
+            "**/tmp.csv",
+            "--json",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON summary on stdout");
+    assert_eq!(v["files_ok"], 2, "{out}");
+    assert_eq!(v["files_failed"], 0);
+    let store = ga().await;
+    let got = read(store.as_ref(), "dst", &format!("{p}deep/c.csv")).await;
+    assert_eq!(sha256(&got), sha256(&data(6 * MIB, (6 * MIB) as u64)));
+    let meta = store
+        .head(&ObjectPath::new("dst", format!("{p}a.csv")))
+        .await
+        .expect("a.csv");
+    assert_eq!(meta.attrs.content_type.as_deref(), Some("text/csv"));
+    assert!(
+        store
+            .head(&ObjectPath::new("dst", format!("{p}b.log")))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .head(&ObjectPath::new("dst", format!("{p}deep/tmp.csv")))
+            .await
+            .is_err()
+    );
+    assert_no_uploads(store.as_ref(), "dst", &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_the_output() {
+    let e = env("cli-secret");
+    let p = prefix("cli-secret");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(6 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge(
+        &e,
+        &[
+            "-vv",
+            "cp",
+            &format!("ga:src/{p}f"),
+            &format!("gb:dst/{p}f"),
+            "--json",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    for var in ["BARGE_TEST_A_SECRET", "BARGE_TEST_B_SECRET"] {
+        let secret = std::env::var(var).expect("secret set");
+        assert!(
+            !out.contains(&secret) && !err.contains(&secret),
+            "{var} leaked"
+        );
+    }
+    // A missing key with verbose logs: the error path does not leak either.
+    let o = barge(
+        &e,
+        &["-vv", "cp", &format!("ga:src/{p}missing"), "/tmp/none"],
+    );
+    let (out, err) = text(&o);
+    for var in ["BARGE_TEST_A_SECRET", "BARGE_TEST_B_SECRET"] {
+        let secret = std::env::var(var).expect("secret set");
+        assert!(
+            !out.contains(&secret) && !err.contains(&secret),
+            "{var} leaked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_command_aborts_stale_uploads() {
+    let e = env("cli-cleanup");
+    let p = prefix("cli-cleanup");
+    let store = ga().await;
+    store
+        .create_upload(
+            &ObjectPath::new("dst", format!("{p}left")),
+            &ObjectAttrs::default(),
+            barge_store::ChecksumMode::Crc32c,
+        )
+        .await
+        .expect("create");
+    let o = barge(
+        &e,
+        &[
+            "cleanup",
+            &format!("ga:dst/{p}"),
+            "--older-than",
+            "0s",
+            "--json",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{out}");
+    assert_no_uploads(store.as_ref(), "dst", &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn move_to_local_deletes_only_the_source_key() {
+    let e = env("cli-move");
+    let p = prefix("cli-move");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}x"),
+        data(1234, 5),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}xy"),
+        data(10, 6),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let dest = e.dir.join("out/");
+    std::fs::create_dir_all(&dest).expect("mkdir");
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            &format!("ga:src/{p}x"),
+            &format!("{}/", dest.display()),
+            "--delete-source",
+        ],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        std::fs::read(dest.join("x")).expect("local copy"),
+        data(1234, 5)
+    );
+    assert!(
+        store
+            .head(&ObjectPath::new("src", format!("{p}x")))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .head(&ObjectPath::new("src", format!("{p}xy")))
+            .await
+            .is_ok()
+    );
+}

@@ -1,0 +1,251 @@
+//! Fast tests of the engine's rules against the in-memory store. The same behaviours are proven
+//! against a real S3 server in crates/cli/tests.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use barge_engine::connections::Connections;
+use barge_engine::input::TransferSpec;
+use barge_engine::location::{ConnRef, Location};
+use barge_engine::plan::{PlanOptions, Strategy};
+use barge_engine::report::{Observer, Status};
+use barge_engine::retry::RetryPolicy;
+use barge_engine::run::{Engine, RunOptions};
+use barge_store::memory::MemoryStore;
+use barge_store::{Capabilities, ObjectAttrs, ObjectPath, Store};
+use bytes::Bytes;
+
+fn caps() -> Capabilities {
+    Capabilities {
+        min_part_size: 1024,
+        ..Capabilities::s3()
+    }
+}
+
+fn body(len: usize) -> Bytes {
+    Bytes::from((0..len).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        plan: PlanOptions {
+            part_size: 1024,
+            copy_part_size: 1024,
+            max_memory: 1 << 20,
+        },
+        concurrency: 4,
+        retry: RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        },
+        ..RunOptions::default()
+    }
+}
+
+fn loc(conn: &str, bucket: &str, key: &str) -> Location {
+    Location {
+        conn: ConnRef::Named(conn.into()),
+        path: ObjectPath::new(bucket, key),
+    }
+}
+
+fn setup() -> (Arc<MemoryStore>, Arc<MemoryStore>, Arc<Connections>) {
+    let a = Arc::new(MemoryStore::new("a", &["src"]).with_limits(caps()));
+    let b = Arc::new(MemoryStore::new("b", &["dst"]).with_limits(caps()));
+    let conns = Arc::new(Connections::with_stores(vec![
+        (ConnRef::Named("a".into()), a.clone() as Arc<dyn Store>),
+        (ConnRef::Named("b".into()), b.clone() as Arc<dyn Store>),
+    ]));
+    (a, b, conns)
+}
+
+fn spec(key: &str) -> TransferSpec {
+    TransferSpec {
+        src: loc("a", "src", key),
+        dst: loc("b", "dst", key),
+    }
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_counted() {
+    let (a, b, conns) = setup();
+    a.insert(
+        &ObjectPath::new("src", "f"),
+        body(10_000),
+        ObjectAttrs::default(),
+    );
+    b.fail_next.store(5, Ordering::SeqCst);
+    let s = Engine::new(conns, opts())
+        .run(vec![spec("f")])
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    assert_eq!(s.retries, 5);
+    assert_eq!(b.get(&ObjectPath::new("dst", "f")), Some(body(10_000)));
+    assert_eq!(b.open_uploads(), 0);
+}
+
+#[tokio::test]
+async fn exhausted_retries_fail_the_file_and_abort_its_upload() {
+    let (a, b, conns) = setup();
+    a.insert(
+        &ObjectPath::new("src", "f"),
+        body(10_000),
+        ObjectAttrs::default(),
+    );
+    b.fail_next.store(1000, Ordering::SeqCst);
+    let s = Engine::new(conns, opts())
+        .run(vec![spec("f")])
+        .await
+        .expect("run");
+    assert_eq!(s.files[0].status, Status::Failed);
+    assert!(
+        s.files[0].error.as_deref().unwrap_or("").contains("503"),
+        "{s:#?}"
+    );
+    assert_eq!(b.open_uploads(), 0, "the failed file's upload was aborted");
+    assert!(b.get(&ObjectPath::new("dst", "f")).is_none());
+}
+
+#[tokio::test]
+async fn changed_source_is_not_spliced() {
+    let (a, b, conns) = setup();
+    let p = ObjectPath::new("src", "f");
+    a.insert(&p, body(10_000), ObjectAttrs::default());
+    a.overwrite_after(p, 2, body(10_000).slice(1..));
+    let mut o = opts();
+    o.concurrency = 1;
+    let s = Engine::new(conns, o)
+        .run(vec![spec("f")])
+        .await
+        .expect("run");
+    assert_eq!(s.files[0].status, Status::Failed);
+    assert!(
+        s.files[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("changed"),
+        "{s:#?}"
+    );
+    assert_eq!(b.open_uploads(), 0);
+    assert!(b.get(&ObjectPath::new("dst", "f")).is_none());
+}
+
+#[tokio::test]
+async fn part_size_grows_to_fit_the_part_cap() {
+    let (a, b, conns) = setup();
+    let small_cap = Capabilities {
+        max_parts: 4,
+        ..caps()
+    };
+    let b2 = Arc::new(MemoryStore::new("b2", &["dst"]).with_limits(small_cap));
+    let conns2 = Arc::new(Connections::with_stores(vec![
+        (ConnRef::Named("a".into()), a.clone() as Arc<dyn Store>),
+        (ConnRef::Named("b".into()), b2.clone() as Arc<dyn Store>),
+    ]));
+    drop((b, conns));
+    a.insert(
+        &ObjectPath::new("src", "f"),
+        body(10_000),
+        ObjectAttrs::default(),
+    );
+    let s = Engine::new(conns2, opts())
+        .run(vec![spec("f")])
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    assert_eq!(s.files[0].parts, Some(4));
+    assert_eq!(b2.get(&ObjectPath::new("dst", "f")), Some(body(10_000)));
+}
+
+#[tokio::test]
+async fn same_store_copies_without_reading_bytes() {
+    let a = Arc::new(MemoryStore::new("a", &["src", "dst"]).with_limits(caps()));
+    let conns = Arc::new(Connections::with_stores(vec![(
+        ConnRef::Named("a".into()),
+        a.clone() as Arc<dyn Store>,
+    )]));
+    a.insert(
+        &ObjectPath::new("src", "f"),
+        body(10_000),
+        ObjectAttrs::default(),
+    );
+    let s = Engine::new(conns, opts())
+        .run(vec![TransferSpec {
+            src: loc("a", "src", "f"),
+            dst: loc("a", "dst", "f"),
+        }])
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    assert_eq!(s.files[0].strategy, Some(Strategy::ServerPartCopy));
+    assert_eq!(a.bytes_read.load(Ordering::Relaxed), 0);
+    assert_eq!(a.get(&ObjectPath::new("dst", "f")), Some(body(10_000)));
+}
+
+struct CancelOnFirstPart(tokio_util::sync::CancellationToken);
+impl Observer for CancelOnFirstPart {
+    fn progress(&self, _file: usize, _bytes: u64) {
+        self.0.cancel();
+    }
+}
+
+#[tokio::test]
+async fn cancelling_aborts_every_unfinished_upload() {
+    let (a, b, conns) = setup();
+    let mut specs = Vec::new();
+    for i in 0..6 {
+        let k = format!("f{i}");
+        a.insert(
+            &ObjectPath::new("src", &k),
+            body(50_000),
+            ObjectAttrs::default(),
+        );
+        specs.push(spec(&k));
+    }
+    let mut o = opts();
+    o.concurrency = 2;
+    let engine = Engine::new(conns, o);
+    let token = engine.cancel_token();
+    let engine = engine.with_observer(Arc::new(CancelOnFirstPart(token)));
+    let s = engine.run(specs).await.expect("run");
+    assert!(
+        s.files.iter().any(|f| f.status == Status::Cancelled),
+        "{s:#?}"
+    );
+    assert_eq!(b.open_uploads(), 0, "no upload left open after cancel");
+    for f in &s.files {
+        if f.status != Status::Ok {
+            assert!(
+                b.get(&ObjectPath::new(
+                    "dst",
+                    f.dst.rsplit('/').next().unwrap_or("")
+                ))
+                .is_none()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn zero_byte_objects_are_copied() {
+    let (a, b, conns) = setup();
+    a.insert(
+        &ObjectPath::new("src", "empty"),
+        Bytes::new(),
+        ObjectAttrs::default(),
+    );
+    let mut o = opts();
+    o.delete_source = true;
+    let s = Engine::new(conns, o)
+        .run(vec![spec("empty")])
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    assert_eq!(b.get(&ObjectPath::new("dst", "empty")), Some(Bytes::new()));
+    assert!(s.files[0].source_deleted);
+    assert!(a.get(&ObjectPath::new("src", "empty")).is_none());
+}
