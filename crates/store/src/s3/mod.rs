@@ -60,6 +60,19 @@ fn copy_source(src: &ObjectPath, pin: &Pin) -> String {
     s
 }
 
+/// Set the standard headers and user metadata on any request builder that takes them.
+macro_rules! with_attrs {
+    ($req:expr, $attrs:expr) => {
+        $req.set_content_type($attrs.content_type.clone())
+            .set_cache_control($attrs.cache_control.clone())
+            .set_content_disposition($attrs.content_disposition.clone())
+            .set_content_encoding($attrs.content_encoding.clone())
+            .set_content_language($attrs.content_language.clone())
+            .set_expires(parse_expires(&$attrs.expires))
+            .set_metadata(user_metadata($attrs))
+    };
+}
+
 fn range_header(offset: u64, len: u64) -> String {
     format!("bytes={}-{}", offset, offset + len - 1)
 }
@@ -277,21 +290,15 @@ impl Store for S3Store {
         crc32c: Option<u32>,
     ) -> Result<PutReceipt> {
         let len = data.len() as i64;
-        let out = self
+        let req = self
             .client
             .put_object()
             .bucket(&path.bucket)
             .key(&path.key)
             .content_length(len)
             .body(ByteStream::from(data))
-            .set_checksum_crc32_c(self.crc_header(crc32c))
-            .set_content_type(attrs.content_type.clone())
-            .set_cache_control(attrs.cache_control.clone())
-            .set_content_disposition(attrs.content_disposition.clone())
-            .set_content_encoding(attrs.content_encoding.clone())
-            .set_content_language(attrs.content_language.clone())
-            .set_expires(parse_expires(&attrs.expires))
-            .set_metadata(user_metadata(attrs))
+            .set_checksum_crc32_c(self.crc_header(crc32c));
+        let out = with_attrs!(req, attrs)
             .send()
             .await
             .map_err(|e| self.err("PutObject", path, e))?;
@@ -308,21 +315,15 @@ impl Store for S3Store {
         dst: &ObjectPath,
         attrs: &ObjectAttrs,
     ) -> Result<PutReceipt> {
-        let out = self
+        let req = self
             .client
             .copy_object()
             .bucket(&dst.bucket)
             .key(&dst.key)
             .copy_source(copy_source(src, pin))
             .set_copy_source_if_match(pin.etag.clone())
-            .metadata_directive(MetadataDirective::Replace)
-            .set_content_type(attrs.content_type.clone())
-            .set_cache_control(attrs.cache_control.clone())
-            .set_content_disposition(attrs.content_disposition.clone())
-            .set_content_encoding(attrs.content_encoding.clone())
-            .set_content_language(attrs.content_language.clone())
-            .set_expires(parse_expires(&attrs.expires))
-            .set_metadata(user_metadata(attrs))
+            .metadata_directive(MetadataDirective::Replace);
+        let out = with_attrs!(req, attrs)
             .send()
             .await
             .map_err(|e| self.err("CopyObject", src, e))?;
@@ -351,19 +352,13 @@ impl Store for S3Store {
             (ChecksumMode::Crc32c, ChecksumMode::Crc32c) => Some(ChecksumAlgorithm::Crc32C),
             _ => None,
         };
-        let out = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(&path.bucket)
             .key(&path.key)
-            .set_checksum_algorithm(algo)
-            .set_content_type(attrs.content_type.clone())
-            .set_cache_control(attrs.cache_control.clone())
-            .set_content_disposition(attrs.content_disposition.clone())
-            .set_content_encoding(attrs.content_encoding.clone())
-            .set_content_language(attrs.content_language.clone())
-            .set_expires(parse_expires(&attrs.expires))
-            .set_metadata(user_metadata(attrs))
+            .set_checksum_algorithm(algo);
+        let out = with_attrs!(req, attrs)
             .send()
             .await
             .map_err(|e| self.err("CreateMultipartUpload", path, e))?;
