@@ -16,7 +16,7 @@ use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode as S3ChecksumMode, CompletedMultipartUpload, CompletedPart,
     MetadataDirective,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::checksum::crc32c_b64;
@@ -263,12 +263,22 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| body_error(&self.name, "GetObject", path, &e))?
-            .into_bytes();
+        // Copy the body's chunks straight into one buffer of the part's size: no second copy,
+        // so buffered data stays within the memory budget the engine reserved for it.
+        let mut body = out.body;
+        let mut buf = BytesMut::with_capacity(len as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| body_error(&self.name, "GetObject", path, &e))?;
+            if (buf.len() + chunk.len()) as u64 > len {
+                return Err(StoreError::Transient {
+                    store: self.name.clone(),
+                    op: "GetObject".into(),
+                    detail: format!("{path}: the answer is longer than the {len} bytes asked for"),
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let data = buf.freeze();
         if data.len() as u64 != len {
             return Err(StoreError::Transient {
                 store: self.name.clone(),
