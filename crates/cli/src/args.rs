@@ -24,6 +24,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
+    /// The journal: a SQLite file path, a postgres:// URL, or 'none' (nothing kept: no resume).
+    /// Default: $BARGE_JOURNAL, else barge/journal.sqlite in the user's state folder.
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    pub journal: Option<String>,
+
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -41,6 +46,54 @@ pub enum Command {
     Run(RunArgs),
     /// List and abort stale multipart uploads under a prefix.
     Cleanup(CleanupArgs),
+    /// Show a transfer's files: state, parts done, bytes, last error (default: the newest).
+    Status(StatusArgs),
+    /// Show recent transfers.
+    List(ListArgs),
+    /// Continue an interrupted transfer (running the same command again does the same).
+    Resume(ResumeArgs),
+    /// Stop a transfer for good: abort its unfinished uploads.
+    Abort(AbortArgs),
+    /// Check that DST holds the same bytes as SRC (by checksum, reading both if it must).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Transfer id (or a unique prefix of it).
+    pub id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Transfer id (or a unique prefix of it).
+    pub id: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// Transfer id (or a unique prefix of it).
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub src: String,
+    pub dst: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

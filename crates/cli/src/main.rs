@@ -12,13 +12,17 @@ use anyhow::Context;
 use barge_engine::EngineError;
 use barge_engine::connections::{ConfigFile, Connections};
 use barge_engine::input::{Filters, ManifestFormat, expand_prefix, parse_manifest, single};
+use barge_engine::journal::{Journal, MemoryJournal, SqlJournal, TransferState};
 use barge_engine::location::Location;
 use barge_engine::report::Summary;
-use barge_engine::run::{Engine, cleanup};
+use barge_engine::run::{Engine, TransferRequest, abort_transfer, cleanup};
 use barge_engine::size::human;
 use clap::Parser;
 
-use args::{CleanupArgs, Cli, Command, Common, CpArgs, RunArgs, parse_age};
+use args::{
+    AbortArgs, CleanupArgs, Cli, Command, Common, CpArgs, ListArgs, ResumeArgs, RunArgs,
+    StatusArgs, VerifyArgs, parse_age,
+};
 use progress::{Progress, print_plan};
 
 /// Exit statuses: 0 every file moved and verified; 1 some file failed; 2 the run was refused
@@ -70,10 +74,62 @@ fn init_logging(verbose: u8) {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let (file, _) = ConfigFile::load(cli.config.as_deref())?;
     let conns = Arc::new(Connections::new(file));
+    let journal = JournalArg(cli.journal);
     match cli.command {
-        Command::Cp(a) => cp(conns, a).await,
-        Command::Run(a) => run_manifest(conns, a).await,
+        Command::Cp(a) => cp(conns, journal, a).await,
+        Command::Run(a) => run_manifest(conns, journal, a).await,
         Command::Cleanup(a) => cleanup_cmd(conns, a).await,
+        Command::Status(a) => status(journal, a).await,
+        Command::List(a) => list(journal, a).await,
+        Command::Resume(a) => resume(conns, journal, a).await,
+        Command::Abort(a) => abort(conns, journal, a).await,
+        Command::Verify(a) => verify(conns, a).await,
+    }
+}
+
+/// Where the journal is: `--journal`, else `$BARGE_JOURNAL`, else the default file.
+struct JournalArg(Option<String>);
+
+impl JournalArg {
+    fn spec(&self) -> String {
+        self.0
+            .clone()
+            .or_else(|| {
+                std::env::var("BARGE_JOURNAL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| {
+                barge_engine::journal::sql::default_path()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+    }
+
+    async fn open(&self) -> anyhow::Result<Arc<dyn Journal>> {
+        let spec = self.spec();
+        if spec == "none" {
+            return Ok(Arc::new(MemoryJournal::default()));
+        }
+        Ok(Arc::new(SqlJournal::open(&spec).await?))
+    }
+
+    /// For commands that only read: a missing journal file is "no transfers", not an error.
+    async fn open_existing(&self) -> anyhow::Result<Arc<dyn Journal>> {
+        let spec = self.spec();
+        if spec == "none" {
+            return Err(EngineError::Input(
+                "--journal none keeps no record: there is nothing to show".into(),
+            )
+            .into());
+        }
+        if !spec.contains("://") && !std::path::Path::new(&spec).exists() {
+            return Err(EngineError::Input(format!(
+                "no journal at {spec}: no transfer has run with it yet"
+            ))
+            .into());
+        }
+        self.open().await
     }
 }
 
@@ -81,7 +137,7 @@ fn parse_loc(conns: &Connections, s: &str) -> anyhow::Result<Location> {
     Ok(Location::parse(s, &|n| conns.is_configured(n))?)
 }
 
-async fn cp(conns: Arc<Connections>, a: CpArgs) -> anyhow::Result<ExitCode> {
+async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::Result<ExitCode> {
     let src = parse_loc(&conns, &a.src)?;
     let dst = parse_loc(&conns, &a.dst)?;
     if !a.recursive && (!a.include.is_empty() || !a.exclude.is_empty()) {
@@ -107,10 +163,14 @@ async fn cp(conns: Arc<Connections>, a: CpArgs) -> anyhow::Result<ExitCode> {
         }
         vec![single(src, dst)]
     };
-    execute(conns, specs, &a.common).await
+    execute(conns, journal, specs, &a.common).await
 }
 
-async fn run_manifest(conns: Arc<Connections>, a: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run_manifest(
+    conns: Arc<Connections>,
+    journal: JournalArg,
+    a: RunArgs,
+) -> anyhow::Result<ExitCode> {
     let text = if a.manifest == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -128,23 +188,38 @@ async fn run_manifest(conns: Arc<Connections>, a: RunArgs) -> anyhow::Result<Exi
             EngineError::Input(format!("manifest {} lists no transfers", a.manifest)).into(),
         );
     }
-    execute(conns, specs, &a.common).await
+    execute(conns, journal, specs, &a.common).await
 }
 
 async fn execute(
     conns: Arc<Connections>,
+    journal: JournalArg,
     specs: Vec<barge_engine::input::TransferSpec>,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let opts = common.run_options()?;
+    let journal = if common.dry_run {
+        Arc::new(MemoryJournal::default()) as Arc<dyn Journal>
+    } else {
+        journal.open().await?
+    };
+    let durable = journal.durable();
     let progress = Arc::new(Progress::new(common.quiet || common.dry_run));
-    let engine = Engine::new(conns, opts).with_observer(progress.clone());
+    let engine = Engine::new(conns, opts)
+        .with_observer(progress.clone())
+        .with_journal(journal);
     let cancel = engine.cancel_token();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "barge: interrupted; aborting unfinished uploads (Ctrl-C again to quit at once)"
-            );
+            if durable {
+                eprintln!(
+                    "barge: interrupted; unfinished uploads are kept for a resume (Ctrl-C again to quit at once)"
+                );
+            } else {
+                eprintln!(
+                    "barge: interrupted; aborting unfinished uploads (Ctrl-C again to quit at once)"
+                );
+            }
             cancel.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -154,6 +229,12 @@ async fn execute(
     let token = engine.cancel_token();
     let summary = engine.run(specs).await?;
     progress.finish();
+    if token.is_cancelled()
+        && durable
+        && let Some(id) = &summary.transfer_id
+    {
+        eprintln!("barge: transfer {id} stopped; `barge resume {id}` continues it");
+    }
     if common.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else if common.dry_run {
@@ -229,4 +310,155 @@ async fn cleanup_cmd(conns: Arc<Connections>, a: CleanupArgs) -> anyhow::Result<
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn resume(
+    conns: Arc<Connections>,
+    journal: JournalArg,
+    a: ResumeArgs,
+) -> anyhow::Result<ExitCode> {
+    let j = journal.open_existing().await?;
+    let t = j.transfer(&a.id).await?.ok_or_else(|| {
+        EngineError::Input(format!(
+            "no transfer with id '{}' in the journal (see `barge list`)",
+            a.id
+        ))
+    })?;
+    if !t.state.is_resumable() {
+        return Err(EngineError::Input(format!(
+            "transfer {} is {}: nothing to resume",
+            t.id,
+            t.state.as_str()
+        ))
+        .into());
+    }
+    let request: TransferRequest = serde_json::from_str(&t.spec)
+        .map_err(|e| EngineError::Journal(format!("transfer {}: unreadable request: {e}", t.id)))?;
+    let mut common = a.common;
+    common.delete_source |= request.delete_source;
+    execute(conns, journal, request.transfers, &common).await
+}
+
+async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let j = journal.open_existing().await?;
+    let t = match &a.id {
+        Some(id) => j.transfer(id).await?.ok_or_else(|| {
+            EngineError::Input(format!(
+                "no transfer with id '{id}' in the journal (see `barge list`)"
+            ))
+        })?,
+        None => j
+            .list_transfers(1)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Input("the journal holds no transfer yet".into()))?,
+    };
+    let files = j.status(&t.id).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "transfer": t, "files": files }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = files
+        .iter()
+        .filter(|f| f.state == barge_engine::journal::FileState::Completed)
+        .count();
+    println!(
+        "transfer {}  {}  {} of {} files completed",
+        t.id,
+        t.state.as_str(),
+        done,
+        files.len()
+    );
+    for f in &files {
+        println!(
+            "  {:<10} {:>6}/{:<6} parts {:>10}/{:<10} {} -> {}{}",
+            f.state.as_str(),
+            f.parts_done,
+            f.parts_total,
+            human(f.bytes_done),
+            human(f.size),
+            f.src,
+            f.dst,
+            f.error
+                .as_deref()
+                .map(|e| format!("\n      error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(journal: JournalArg, a: ListArgs) -> anyhow::Result<ExitCode> {
+    let j = journal.open_existing().await?;
+    let ts = j.list_transfers(a.limit).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&ts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &ts {
+        let age = std::time::Duration::from_secs(
+            (barge_engine::journal::now_secs() - t.created_at).max(0) as u64,
+        );
+        println!(
+            "{}  {:<11}  started {} ago",
+            t.id,
+            t.state.as_str(),
+            humantime::format_duration(age)
+        );
+    }
+    if ts.is_empty() {
+        eprintln!("no transfers in the journal");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn abort(
+    conns: Arc<Connections>,
+    journal: JournalArg,
+    a: AbortArgs,
+) -> anyhow::Result<ExitCode> {
+    let j = journal.open_existing().await?;
+    let n = abort_transfer(&conns, j.as_ref(), &a.id).await?;
+    eprintln!("transfer aborted; {n} multipart upload(s) aborted");
+    let _ = TransferState::Aborted;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let src = parse_loc(&conns, &a.src)?;
+    let dst = parse_loc(&conns, &a.dst)?;
+    let (s, d) = (conns.get(&src.conn).await?, conns.get(&dst.conn).await?);
+    let r =
+        barge_engine::finalize::verify_pair(s.as_ref(), &src.path, d.as_ref(), &dst.path).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if r.same {
+        println!(
+            "same: {} bytes, CRC32C {} ({})",
+            r.src_size,
+            r.src_crc32c.as_deref().unwrap_or("?"),
+            r.method
+        );
+    } else if r.src_size != r.dst_size {
+        println!(
+            "DIFFERENT: {src} has {} bytes, {dst} has {}",
+            r.src_size, r.dst_size
+        );
+    } else {
+        println!(
+            "DIFFERENT: CRC32C {} vs {} ({})",
+            r.src_crc32c.as_deref().unwrap_or("?"),
+            r.dst_crc32c.as_deref().unwrap_or("?"),
+            r.method
+        );
+    }
+    Ok(if r.same {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }

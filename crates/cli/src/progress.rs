@@ -66,6 +66,14 @@ impl Progress {
 }
 
 impl Observer for Progress {
+    fn transfer_started(&self, id: &str, resumed: bool) {
+        self.line(if resumed {
+            format!("transfer {id}: resuming an interrupted run")
+        } else {
+            format!("transfer {id}")
+        });
+    }
+
     fn planned(&self, plans: &[FilePlan]) {
         if let Some(b) = &self.bars {
             b.total.set_length(plans.iter().map(|p| p.size).sum());

@@ -26,6 +26,8 @@ fn barge(e: &Env, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_barge"))
         .arg("--config")
         .arg(&e.config)
+        .arg("--journal")
+        .arg(e.dir.join("journal.sqlite"))
         .args(args)
         .env_remove("BARGE_CONFIG")
         .output()

@@ -14,6 +14,9 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("verification failed for {dest}: {msg}")]
     Verify { dest: String, msg: String },
+    /// The journal cannot be opened, read or written.
+    #[error("{0}")]
+    Journal(String),
     #[error("cancelled")]
     Cancelled,
 }

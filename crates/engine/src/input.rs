@@ -12,7 +12,7 @@ use crate::location::Location;
 use barge_store::{ObjectPath, Store};
 
 /// One file to move.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferSpec {
     pub src: Location,
     pub dst: Location,

@@ -5,11 +5,12 @@
 use std::fmt;
 
 use barge_store::ObjectPath;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
 /// Which connection an object is reached through.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ConnRef {
     /// The local file system.
     Local,
@@ -29,7 +30,7 @@ impl fmt::Display for ConnRef {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Location {
     pub conn: ConnRef,
     pub path: ObjectPath,

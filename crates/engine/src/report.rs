@@ -10,6 +10,8 @@ use crate::plan::{FilePlan, Strategy};
 
 /// Receives what happens during a run. Every method has a no-op default.
 pub trait Observer: Send + Sync {
+    /// The run has a transfer id (new, or an earlier one it resumes).
+    fn transfer_started(&self, _id: &str, _resumed: bool) {}
     fn planned(&self, _plans: &[FilePlan]) {}
     fn file_started(&self, _plan: &FilePlan) {}
     /// `bytes` more of file `file` are done.
@@ -39,6 +41,8 @@ pub enum Verification {
     SizeAndCrc32c,
     /// Only the size could be checked: the store reported no checksum to compare.
     SizeOnly,
+    /// Completed and verified by an earlier run of the same transfer.
+    Earlier,
     NotVerified,
 }
 
@@ -62,6 +66,12 @@ pub struct FileOutcome {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// The journal's id for this transfer (`barge status ID`, `barge resume ID`).
+    pub transfer_id: Option<String>,
+    /// This run continued an earlier, interrupted one.
+    pub resumed: bool,
+    /// Parts already moved by an earlier run and not moved again.
+    pub parts_reused: u64,
     pub files_total: usize,
     pub files_ok: usize,
     pub files_failed: usize,
@@ -79,6 +89,9 @@ impl Summary {
         let bytes: u64 = ok.iter().filter_map(|f| f.size).sum();
         let secs = elapsed.as_secs_f64();
         Self {
+            transfer_id: None,
+            resumed: false,
+            parts_reused: 0,
             files_total: files.len(),
             files_ok: ok.len(),
             files_failed: files

@@ -4,15 +4,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use barge_store::{ChecksumMode, PartReceipt, Store, StoreError, UploadRef};
+use std::collections::{HashMap, HashSet};
+
+use barge_store::{ChecksumMode, PartReceipt, Pin, Store, StoreError, UploadRef};
 use futures::{StreamExt, TryStreamExt, stream};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
 use crate::finalize::{Expected, verify};
 use crate::input::{TransferSpec, check_unique};
-use crate::journal::{FileState, Journal, MemoryJournal};
+use crate::journal::{
+    FileRecord, FileState, Journal, MemoryJournal, TransferRecord, TransferState,
+};
 use crate::plan::{Ends, FilePlan, PlanOptions, Strategy, choose};
 use crate::report::{FileOutcome, Observer, Silent, Status, Summary, Verification};
 use crate::retry::{RetryPolicy, retry};
@@ -26,6 +32,8 @@ pub struct RunOptions {
     pub delete_source: bool,
     pub dry_run: bool,
     pub retry: RetryPolicy,
+    /// Continue an unfinished transfer of the same files instead of starting over.
+    pub resume: bool,
 }
 
 impl Default for RunOptions {
@@ -36,6 +44,7 @@ impl Default for RunOptions {
             delete_source: false,
             dry_run: false,
             retry: RetryPolicy::default(),
+            resume: true,
         }
     }
 }
@@ -47,6 +56,38 @@ pub struct Engine {
     journal: Arc<dyn Journal>,
     cancel: CancellationToken,
     limits: Arc<Limits>,
+    parts_reused: std::sync::atomic::AtomicU64,
+}
+
+/// What the journal keeps of a transfer's request: enough for `barge resume ID`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub transfers: Vec<TransferSpec>,
+    pub delete_source: bool,
+}
+
+/// "The same command": a hash of the source/destination pairs.
+pub fn fingerprint(specs: &[TransferSpec]) -> String {
+    let mut h = Sha256::new();
+    for s in specs {
+        h.update(serde_json::to_vec(s).unwrap_or_default());
+        h.update(b"\n");
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// One file's work: a fresh plan, or an earlier plan whose upload is to be continued.
+enum Work {
+    Fresh(FilePlan),
+    Resume(FilePlan, String),
+}
+
+impl Work {
+    fn plan(&self) -> &FilePlan {
+        match self {
+            Work::Fresh(p) | Work::Resume(p, _) => p,
+        }
+    }
 }
 
 /// A file's result before it is turned into an outcome.
@@ -69,6 +110,7 @@ impl Engine {
             journal: Arc::new(MemoryJournal::default()),
             cancel: CancellationToken::new(),
             limits,
+            parts_reused: 0.into(),
         }
     }
 
@@ -133,26 +175,22 @@ impl Engine {
             .await
     }
 
-    /// Plan and move every file. Errors of single files are in the summary; an `Err` means the
-    /// run as a whole was refused before anything moved.
+    /// Plan and move every file, continuing an unfinished transfer of the same files if the
+    /// journal has one. Errors of single files are in the summary; an `Err` means the run as a
+    /// whole was refused before anything moved.
     pub async fn run(&self, specs: Vec<TransferSpec>) -> Result<Summary> {
         check_unique(&specs)?;
         let started = Instant::now();
-        let planned = self.plan(&specs).await;
-        let mut outcomes = Vec::new();
-        let mut plans = Vec::new();
-        for (i, p) in planned.into_iter().enumerate() {
-            match p {
-                Ok(plan) => plans.push(plan),
-                Err(e) => {
-                    let o = failed_unplanned(i, &specs[i], &e);
-                    self.observer.file_finished(&o);
-                    outcomes.push(o);
+        if self.opts.dry_run {
+            let mut outcomes = Vec::new();
+            let mut plans = Vec::new();
+            for (i, p) in self.plan(&specs).await.into_iter().enumerate() {
+                match p {
+                    Ok(plan) => plans.push(plan),
+                    Err(e) => outcomes.push(failed_unplanned(i, &specs[i], &e)),
                 }
             }
-        }
-        self.observer.planned(&plans);
-        if self.opts.dry_run {
+            self.observer.planned(&plans);
             outcomes.extend(
                 plans
                     .iter()
@@ -161,39 +199,150 @@ impl Engine {
             outcomes.sort_by_key(|o| o.id);
             return Ok(Summary::new(outcomes, started.elapsed(), 0));
         }
-        for p in &plans {
-            self.journal.file_planned(p).await?;
+
+        // The transfer is recorded before anything moves: an unwritable journal stops here.
+        let fp = fingerprint(&specs);
+        let earlier = if self.opts.resume {
+            self.journal.find_resumable(&fp).await?
+        } else {
+            None
+        };
+        let resumed = earlier.is_some();
+        let tid = match earlier {
+            Some(t) => {
+                self.journal
+                    .set_transfer_state(&t.id, TransferState::Running)
+                    .await?;
+                t.id
+            }
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+                let request = TransferRequest {
+                    transfers: specs.clone(),
+                    delete_source: self.opts.delete_source,
+                };
+                let spec = serde_json::to_string(&request).map_err(|e| {
+                    EngineError::Journal(format!("cannot record the transfer: {e}"))
+                })?;
+                self.journal
+                    .create_transfer(&TransferRecord {
+                        id: id.clone(),
+                        fingerprint: fp,
+                        created_at: crate::journal::now(),
+                        updated_at: crate::journal::now(),
+                        state: TransferState::Running,
+                        spec,
+                    })
+                    .await?;
+                id
+            }
+        };
+        self.observer.transfer_started(&tid, resumed);
+
+        // Sort the files: done in an earlier run, to continue, or to plan now.
+        let known: HashMap<usize, FileRecord> = if resumed {
+            self.journal
+                .files(&tid)
+                .await?
+                .into_iter()
+                .map(|r| (r.plan.id, r))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut outcomes = Vec::new();
+        let mut work = Vec::new();
+        let mut to_plan = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            match known.get(&i) {
+                Some(r) if r.plan.src == spec.src && r.plan.dst == spec.dst => match r.state {
+                    FileState::Completed => {
+                        outcomes.push(outcome(
+                            &r.plan,
+                            Status::Ok,
+                            Some(Verification::Earlier),
+                            None,
+                            0.0,
+                        ));
+                    }
+                    FileState::Uploading if r.upload_id.is_some() => work.push(Work::Resume(
+                        r.plan.clone(),
+                        r.upload_id.clone().unwrap_or_default(),
+                    )),
+                    _ => to_plan.push(i),
+                },
+                _ => to_plan.push(i),
+            }
         }
+        let specs_ref = &specs;
+        let planned = stream::iter(to_plan)
+            .map(|i| async move { (i, self.plan_one(i, &specs_ref[i]).await) })
+            .buffered(64)
+            .collect::<Vec<_>>()
+            .await;
+        let mut fresh = Vec::new();
+        for (i, p) in planned {
+            match p {
+                Ok(plan) => fresh.push(plan),
+                Err(e) => {
+                    let o = failed_unplanned(i, &specs[i], &e);
+                    self.observer.file_finished(&o);
+                    outcomes.push(o);
+                }
+            }
+        }
+        self.journal.save_plans(&tid, &fresh).await?;
+        work.extend(fresh.into_iter().map(Work::Fresh));
+        work.sort_by_key(|w| w.plan().id);
+        let all_plans: Vec<FilePlan> = work.iter().map(|w| w.plan().clone()).collect();
+        self.observer.planned(&all_plans);
+
         let files_in_flight = self.opts.concurrency.max(1);
-        let moved: Vec<FileOutcome> = stream::iter(plans.iter())
-            .map(|p| self.run_file(p))
+        let tid_ref = tid.as_str();
+        let moved: Vec<FileOutcome> = stream::iter(work.iter())
+            .map(|w| self.run_file(tid_ref, w))
             .buffer_unordered(files_in_flight)
             .collect()
             .await;
         outcomes.extend(moved);
         outcomes.sort_by_key(|o| o.id);
-        Ok(Summary::new(
+        let mut summary = Summary::new(
             outcomes,
             started.elapsed(),
             self.limits.stats.retries.load(Ordering::Relaxed),
-        ))
+        );
+        let state = if self.cancel.is_cancelled() {
+            TransferState::Interrupted
+        } else if summary.success() {
+            TransferState::Done
+        } else {
+            TransferState::Failed
+        };
+        if let Err(e) = self.journal.set_transfer_state(&tid, state).await {
+            tracing::error!("{e}");
+        }
+        summary.transfer_id = Some(tid);
+        summary.resumed = resumed;
+        summary.parts_reused = self.parts_reused.load(Ordering::Relaxed);
+        Ok(summary)
     }
 
-    async fn run_file(&self, plan: &FilePlan) -> FileOutcome {
+    async fn run_file(&self, tid: &str, work: &Work) -> FileOutcome {
+        let plan = work.plan();
         self.observer.file_started(plan);
         let t0 = Instant::now();
         let through_before = self.limits.bytes_through.load(Ordering::Relaxed);
         let result = if self.cancel.is_cancelled() {
             Err(EngineError::Cancelled)
         } else {
-            self.move_file(plan).await
+            self.move_file(tid, work).await
         };
         let secs = t0.elapsed().as_secs_f64();
         let out = match result {
             Ok(done) => {
                 let _ = self
                     .journal
-                    .file_state(plan.id, FileState::Completed, None)
+                    .file_state(tid, plan.id, FileState::Completed, None)
                     .await;
                 let mut o = outcome(plan, Status::Ok, Some(done.verified), None, secs);
                 o.source_deleted = done.source_deleted;
@@ -201,12 +350,22 @@ impl Engine {
             }
             Err(e) => {
                 let msg = e.to_string();
-                tracing::error!("{} -> {}: {msg}", plan.src, plan.dst);
-                let _ = self
-                    .journal
-                    .file_state(plan.id, FileState::Failed, Some(&msg))
-                    .await;
-                let status = if matches!(e, EngineError::Cancelled) {
+                if let EngineError::Journal(_) = e {
+                    // Without a record nothing can go on safely: stop, keep what is resumable.
+                    self.cancel.cancel();
+                }
+                let kept = self.keeps_upload(&e);
+                if !kept {
+                    tracing::error!("{} -> {}: {msg}", plan.src, plan.dst);
+                    if let Err(e) = self
+                        .journal
+                        .file_state(tid, plan.id, FileState::Failed, Some(&msg))
+                        .await
+                    {
+                        tracing::error!("{e}");
+                    }
+                }
+                let status = if matches!(e, EngineError::Cancelled | EngineError::Journal(_)) {
                     Status::Cancelled
                 } else {
                     Status::Failed
@@ -225,11 +384,22 @@ impl Engine {
         out
     }
 
-    async fn move_file(&self, plan: &FilePlan) -> Result<Done> {
+    /// A cancelled run, or one whose journal failed, keeps its uploads when the journal is
+    /// durable: running the same command again continues them.
+    fn keeps_upload(&self, e: &EngineError) -> bool {
+        self.journal.durable() && matches!(e, EngineError::Cancelled | EngineError::Journal(_))
+    }
+
+    async fn move_file(&self, tid: &str, work: &Work) -> Result<Done> {
+        let plan = work.plan();
         let src = self.conns.get(&plan.src.conn).await?;
         let dst = self.conns.get(&plan.dst.conn).await?;
         let verified = if plan.strategy.is_multipart() {
-            self.move_multipart(plan, &src, &dst).await?
+            let earlier = match work {
+                Work::Resume(_, id) => Some(id.as_str()),
+                Work::Fresh(_) => None,
+            };
+            self.move_multipart(tid, plan, &src, &dst, earlier).await?
         } else {
             let whole = async {
                 let (_, crc) = move_whole(&self.limits, &src, &dst, plan).await?;
@@ -254,12 +424,12 @@ impl Engine {
         })
     }
 
-    async fn move_multipart(
+    async fn start_upload(
         &self,
+        tid: &str,
         plan: &FilePlan,
-        src: &Arc<dyn Store>,
         dst: &Arc<dyn Store>,
-    ) -> Result<Verification> {
+    ) -> Result<UploadRef> {
         let what = format!("start of upload to {}", plan.dst);
         let upload = tokio::select! {
             r = retry(&self.opts.retry, &self.limits.stats, &what, || {
@@ -267,15 +437,119 @@ impl Engine {
             }) => r?,
             _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
         };
-        self.journal
-            .upload_started(plan.id, &upload.upload_id)
+        if let Err(e) = self
+            .journal
+            .upload_started(tid, plan.id, &upload.upload_id)
+            .await
+        {
+            self.abort(dst.as_ref(), &upload).await;
+            return Err(e);
+        }
+        Ok(upload)
+    }
+
+    /// Continue an earlier upload: the source must still be the planned version, and the
+    /// upload must still exist. Returns the parts that need not move again.
+    async fn reuse_upload(
+        &self,
+        tid: &str,
+        plan: &FilePlan,
+        src: &Arc<dyn Store>,
+        dst: &Arc<dyn Store>,
+        upload: &UploadRef,
+    ) -> Result<Option<HashSet<u32>>> {
+        let what = format!("stat of {}", plan.src);
+        let meta = retry(&self.opts.retry, &self.limits.stats, &what, || {
+            src.head(&plan.src.path)
+        })
+        .await?;
+        if Pin::of(&meta) != plan.pin || meta.size != plan.size {
+            self.abort(dst.as_ref(), upload).await;
+            return Err(StoreError::SourceChanged {
+                store: src.name().to_string(),
+                path: plan.src.path.to_string(),
+            }
+            .into());
+        }
+        let what = format!("list of the parts of {}", plan.dst);
+        let listed = match retry(&self.opts.retry, &self.limits.stats, &what, || {
+            dst.list_parts(upload)
+        })
+        .await
+        {
+            Ok(l) => l,
+            Err(StoreError::NoSuchUpload { .. }) | Err(StoreError::NotFound { .. }) => {
+                tracing::warn!(
+                    "upload {} of {} is gone from the store; starting that file over",
+                    upload.upload_id,
+                    plan.dst
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let recorded = self
+            .journal
+            .receipts(tid, plan.id, &upload.upload_id)
             .await?;
-        let work = self.parts_and_complete(plan, src, dst, &upload);
+        let on_store: HashMap<u32, &PartReceipt> = listed.iter().map(|p| (p.number, p)).collect();
+        let keep: HashSet<u32> = recorded
+            .iter()
+            .filter(|r| {
+                !dst.capabilities().lists_parts
+                    || on_store
+                        .get(&r.number)
+                        .is_some_and(|p| p.etag == r.etag && p.len == r.len)
+            })
+            .map(|r| r.number)
+            .collect();
+        Ok(Some(keep))
+    }
+
+    async fn move_multipart(
+        &self,
+        tid: &str,
+        plan: &FilePlan,
+        src: &Arc<dyn Store>,
+        dst: &Arc<dyn Store>,
+        earlier: Option<&str>,
+    ) -> Result<Verification> {
+        let mut done = HashSet::new();
+        let upload = match earlier {
+            Some(id) => {
+                let up = UploadRef {
+                    path: plan.dst.path.clone(),
+                    upload_id: id.to_string(),
+                };
+                match self.reuse_upload(tid, plan, src, dst, &up).await? {
+                    Some(keep) => {
+                        done = keep;
+                        up
+                    }
+                    None => self.start_upload(tid, plan, dst).await?,
+                }
+            }
+            None => self.start_upload(tid, plan, dst).await?,
+        };
+        if !done.is_empty() {
+            self.parts_reused
+                .fetch_add(done.len() as u64, Ordering::Relaxed);
+            let bytes: u64 = plan
+                .parts()
+                .iter()
+                .filter(|p| done.contains(&p.number))
+                .map(|p| p.len)
+                .sum();
+            self.observer.progress(plan.id, bytes);
+        }
+        let work = self.parts_and_complete(tid, plan, src, dst, &upload, &done);
         let result = tokio::select! {
             r = work => r,
             _ = self.cancel.cancelled() => Err(EngineError::Cancelled),
         };
-        if result.is_err() {
+        if let Err(e) = &result
+            && !self.keeps_upload(e)
+        {
             self.abort(dst.as_ref(), &upload).await;
         }
         result
@@ -283,25 +557,36 @@ impl Engine {
 
     async fn parts_and_complete(
         &self,
+        tid: &str,
         plan: &FilePlan,
         src: &Arc<dyn Store>,
         dst: &Arc<dyn Store>,
         upload: &UploadRef,
+        done: &HashSet<u32>,
     ) -> Result<Verification> {
-        let parts = plan.parts();
+        let parts: Vec<_> = plan
+            .parts()
+            .into_iter()
+            .filter(|p| !done.contains(&p.number))
+            .collect();
         // At most `concurrency` parts of one file are scheduled at once; the shared request
         // semaphore keeps the total across files at `concurrency` too.
         stream::iter(parts)
             .map(|part| async move {
                 let r = move_part(&self.limits, src, dst, plan, upload, part).await?;
-                self.journal.part_done(plan.id, &r).await?;
+                self.journal
+                    .part_done(tid, plan.id, &upload.upload_id, &r)
+                    .await?;
                 self.observer.progress(plan.id, part.len);
                 Ok::<_, EngineError>(())
             })
             .buffer_unordered(self.opts.concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
-        let receipts: Vec<PartReceipt> = self.journal.receipts(plan.id).await?;
+        let receipts: Vec<PartReceipt> = self
+            .journal
+            .receipts(tid, plan.id, &upload.upload_id)
+            .await?;
         if receipts.len() != plan.part_count as usize {
             return Err(EngineError::Verify {
                 dest: plan.dst.to_string(),
@@ -415,6 +700,44 @@ fn failed_unplanned(id: usize, spec: &TransferSpec, e: &EngineError) -> FileOutc
         seconds: 0.0,
         error: Some(e.to_string()),
     }
+}
+
+/// `barge abort`: abort every unfinished upload of a transfer and mark it aborted. Returns the
+/// number of uploads aborted.
+pub async fn abort_transfer(conns: &Connections, journal: &dyn Journal, id: &str) -> Result<usize> {
+    let t = journal.transfer(id).await?.ok_or_else(|| {
+        EngineError::Input(format!(
+            "no transfer with id '{id}' in the journal (see `barge list`)"
+        ))
+    })?;
+    let mut aborted = 0;
+    for f in journal.files(&t.id).await? {
+        if f.state == FileState::Completed {
+            continue;
+        }
+        if let Some(upload_id) = &f.upload_id {
+            let store = conns.get(&f.plan.dst.conn).await?;
+            store
+                .abort_upload(&UploadRef {
+                    path: f.plan.dst.path.clone(),
+                    upload_id: upload_id.clone(),
+                })
+                .await?;
+            aborted += 1;
+        }
+        journal
+            .file_state(
+                &t.id,
+                f.plan.id,
+                FileState::Failed,
+                Some("aborted by the user"),
+            )
+            .await?;
+    }
+    journal
+        .set_transfer_state(&t.id, TransferState::Aborted)
+        .await?;
+    Ok(aborted)
 }
 
 /// `barge cleanup`: abort multipart uploads under a prefix started more than `older_than` ago.

@@ -21,11 +21,12 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
 
 /// A bucket and a key. For the local file system the bucket is empty and the key is a path.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectPath {
     pub bucket: String,
     pub key: String,
@@ -51,7 +52,8 @@ impl fmt::Display for ObjectPath {
 }
 
 /// The standard headers and user metadata that travel with an object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ObjectAttrs {
     pub content_type: Option<String>,
     pub cache_control: Option<String>,
@@ -79,7 +81,7 @@ pub struct ObjectMeta {
 }
 
 /// The version of a source that a transfer planned with. Every read is pinned to it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
     pub etag: Option<String>,
     pub version_id: Option<String>,
@@ -111,7 +113,7 @@ pub struct PartSpec {
 }
 
 /// What the store answered for a part: the receipt the completion needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartReceipt {
     pub number: u32,
     pub etag: String,
@@ -162,6 +164,8 @@ pub struct Capabilities {
     pub max_single_put: u64,
     /// The largest object the store accepts, if it says.
     pub max_object_size: Option<u64>,
+    /// `list_parts` reports the parts an upload holds (a file cannot: the journal is the record).
+    pub lists_parts: bool,
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -181,6 +185,7 @@ impl Capabilities {
             max_parts: 10_000,
             max_single_put: 5 * GIB,
             max_object_size: None,
+            lists_parts: true,
         }
     }
 }

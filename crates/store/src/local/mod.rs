@@ -44,6 +44,7 @@ impl LocalStore {
                 max_parts: 1_000_000,
                 max_single_put: u64::MAX,
                 max_object_size: None,
+                lists_parts: false,
             },
         }
     }

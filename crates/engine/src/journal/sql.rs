@@ -1,0 +1,473 @@
+//! The SQL journal: one schema and one set of queries for SQLite (an embedded file, the default)
+//! and PostgreSQL (shared by many machines), through sqlx's runtime-chosen `Any` driver.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use barge_store::{ObjectAttrs, PartReceipt, Pin};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use super::{
+    FileId, FileRecord, FileState, FileStatus, Journal, TransferRecord, TransferState, conn_to_str,
+    location, now, status_of,
+};
+use crate::error::{EngineError, Result};
+use crate::plan::{FilePlan, Strategy};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS barge_transfers (
+        id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        queue TEXT NOT NULL DEFAULT ''
+    )",
+    "CREATE INDEX IF NOT EXISTS barge_transfers_fingerprint ON barge_transfers (fingerprint)",
+    "CREATE TABLE IF NOT EXISTS barge_files (
+        transfer_id TEXT NOT NULL,
+        file_id BIGINT NOT NULL,
+        src_conn TEXT NOT NULL,
+        src_bucket TEXT NOT NULL,
+        src_key TEXT NOT NULL,
+        dst_conn TEXT NOT NULL,
+        dst_bucket TEXT NOT NULL,
+        dst_key TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        etag TEXT,
+        version_id TEXT,
+        attrs TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        part_size BIGINT NOT NULL,
+        part_count BIGINT NOT NULL,
+        upload_id TEXT,
+        state TEXT NOT NULL,
+        error TEXT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (transfer_id, file_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS barge_parts (
+        transfer_id TEXT NOT NULL,
+        file_id BIGINT NOT NULL,
+        upload_id TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        etag TEXT NOT NULL,
+        len BIGINT NOT NULL,
+        crc32c TEXT,
+        PRIMARY KEY (transfer_id, file_id, upload_id, number)
+    )",
+];
+
+const TRANSFER_COLS: &str = "id, fingerprint, created_at, updated_at, state, spec";
+const FILE_COLS: &str = "file_id, src_conn, src_bucket, src_key, dst_conn, dst_bucket, dst_key, \
+     size, etag, version_id, attrs, strategy, part_size, part_count, upload_id, state, error";
+
+pub struct SqlJournal {
+    pool: AnyPool,
+    /// What to call it in messages: the file path, or the URL without its password.
+    shown: String,
+}
+
+impl std::fmt::Debug for SqlJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SqlJournal({})", self.shown)
+    }
+}
+
+/// The default journal file: `$XDG_STATE_HOME/barge/journal.sqlite` (or the platform's equivalent).
+pub fn default_path() -> PathBuf {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("barge")
+        .join("journal.sqlite")
+}
+
+/// A PostgreSQL URL with its password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl SqlJournal {
+    /// Open (creating if needed) a journal: a `postgres://` URL, or a SQLite file path. Fails with
+    /// a clear message, before anything moves, when it cannot be written.
+    pub async fn open(spec: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let is_pg = spec.starts_with("postgres://") || spec.starts_with("postgresql://");
+        let (url, shown) = if is_pg {
+            (spec.to_string(), redact(spec))
+        } else {
+            let path = Path::new(spec.strip_prefix("sqlite://").unwrap_or(spec));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    EngineError::Journal(format!(
+                        "cannot create the journal folder {}: {e} (choose another with --journal PATH)",
+                        dir.display()
+                    ))
+                })?;
+            }
+            (
+                format!("sqlite://{}?mode=rwc", path.display()),
+                path.display().to_string(),
+            )
+        };
+        let sqlite = !is_pg;
+        let pool = AnyPoolOptions::new()
+            // SQLite has one writer: one connection serialises writes without busy errors.
+            .max_connections(if sqlite { 1 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(60))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if sqlite {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 10000",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| {
+                EngineError::Journal(format!(
+                    "cannot open the journal {shown}: {e} (choose another with --journal PATH)"
+                ))
+            })?;
+        let j = Self { pool, shown };
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&j.pool)
+                .await
+                .map_err(|e| j.err(e))?;
+        }
+        // Prove it is writable now, not after bytes have moved.
+        let probe = format!("probe-{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(
+            "INSERT INTO barge_transfers (id, fingerprint, created_at, updated_at, state, spec) \
+             VALUES ($1, '', 0, 0, 'aborted', '')",
+        )
+        .bind(&probe)
+        .execute(&j.pool)
+        .await
+        .map_err(|e| j.err(e))?;
+        sqlx::query("DELETE FROM barge_transfers WHERE id = $1")
+            .bind(&probe)
+            .execute(&j.pool)
+            .await
+            .map_err(|e| j.err(e))?;
+        Ok(j)
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    fn err(&self, e: sqlx::Error) -> EngineError {
+        EngineError::Journal(format!("journal {}: {e}", self.shown))
+    }
+
+    fn transfer_row(&self, r: &AnyRow) -> Result<TransferRecord> {
+        let g = |e: sqlx::Error| self.err(e);
+        Ok(TransferRecord {
+            id: r.try_get("id").map_err(g)?,
+            fingerprint: r.try_get("fingerprint").map_err(g)?,
+            created_at: r.try_get("created_at").map_err(g)?,
+            updated_at: r.try_get("updated_at").map_err(g)?,
+            state: TransferState::parse(&r.try_get::<String, _>("state").map_err(g)?)?,
+            spec: r.try_get("spec").map_err(g)?,
+        })
+    }
+
+    fn file_row(&self, r: &AnyRow) -> Result<FileRecord> {
+        let g = |e: sqlx::Error| self.err(e);
+        let s = |name: &str| -> Result<String> { r.try_get::<String, _>(name).map_err(g) };
+        let o = |name: &str| -> Result<Option<String>> {
+            r.try_get::<Option<String>, _>(name).map_err(g)
+        };
+        let i = |name: &str| -> Result<i64> { r.try_get::<i64, _>(name).map_err(g) };
+        let attrs: ObjectAttrs = serde_json::from_str(&s("attrs")?)
+            .map_err(|e| EngineError::Journal(format!("journal {}: attrs: {e}", self.shown)))?;
+        let plan = FilePlan {
+            id: i("file_id")? as usize,
+            src: location(&s("src_conn")?, s("src_bucket")?, s("src_key")?),
+            dst: location(&s("dst_conn")?, s("dst_bucket")?, s("dst_key")?),
+            size: i("size")? as u64,
+            pin: Pin {
+                etag: o("etag")?,
+                version_id: o("version_id")?,
+            },
+            attrs,
+            strategy: Strategy::parse(&s("strategy")?)?,
+            part_size: i("part_size")? as u64,
+            part_count: i("part_count")? as u32,
+        };
+        Ok(FileRecord {
+            plan,
+            upload_id: o("upload_id")?,
+            state: FileState::parse(&s("state")?)?,
+            error: o("error")?,
+        })
+    }
+}
+
+#[async_trait]
+impl Journal for SqlJournal {
+    fn durable(&self) -> bool {
+        true
+    }
+
+    async fn find_resumable(&self, fingerprint: &str) -> Result<Option<TransferRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLS} FROM barge_transfers \
+             WHERE fingerprint = $1 AND state IN ('running', 'interrupted', 'failed') \
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        )))
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.map(|r| self.transfer_row(&r)).transpose()
+    }
+
+    async fn create_transfer(&self, t: &TransferRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO barge_transfers (id, fingerprint, created_at, updated_at, state, spec) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&t.id)
+        .bind(&t.fingerprint)
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .bind(t.state.as_str())
+        .bind(&t.spec)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn transfer(&self, id: &str) -> Result<Option<TransferRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLS} FROM barge_transfers WHERE id LIKE $1 ORDER BY id LIMIT 2"
+        )))
+        .bind(format!("{}%", id.replace(['%', '_'], "")))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        if rows.len() == 1 {
+            Ok(Some(self.transfer_row(&rows[0])?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    async fn list_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLS} FROM barge_transfers WHERE state <> 'aborted' OR spec <> '' \
+             ORDER BY created_at DESC, id DESC LIMIT $1"
+        )))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.transfer_row(r)).collect()
+    }
+
+    async fn set_transfer_state(&self, id: &str, state: TransferState) -> Result<()> {
+        sqlx::query("UPDATE barge_transfers SET state = $1, updated_at = $2 WHERE id = $3")
+            .bind(state.as_str())
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn save_plans(&self, transfer: &str, plans: &[FilePlan]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        for p in plans {
+            let attrs = serde_json::to_string(&p.attrs)
+                .map_err(|e| EngineError::Journal(format!("attrs: {e}")))?;
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO barge_files ({FILE_COLS}, transfer_id, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, 'planned', NULL, $15, $16) \
+                 ON CONFLICT (transfer_id, file_id) DO UPDATE SET \
+                 src_conn = excluded.src_conn, src_bucket = excluded.src_bucket, src_key = excluded.src_key, \
+                 dst_conn = excluded.dst_conn, dst_bucket = excluded.dst_bucket, dst_key = excluded.dst_key, \
+                 size = excluded.size, etag = excluded.etag, version_id = excluded.version_id, \
+                 attrs = excluded.attrs, strategy = excluded.strategy, part_size = excluded.part_size, \
+                 part_count = excluded.part_count, upload_id = NULL, state = 'planned', error = NULL, \
+                 updated_at = excluded.updated_at"
+            )))
+            .bind(p.id as i64)
+            .bind(conn_to_str(&p.src.conn))
+            .bind(&p.src.path.bucket)
+            .bind(&p.src.path.key)
+            .bind(conn_to_str(&p.dst.conn))
+            .bind(&p.dst.path.bucket)
+            .bind(&p.dst.path.key)
+            .bind(p.size as i64)
+            .bind(p.pin.etag.clone())
+            .bind(p.pin.version_id.clone())
+            .bind(attrs)
+            .bind(p.strategy.as_str())
+            .bind(p.part_size as i64)
+            .bind(i64::from(p.part_count))
+            .bind(transfer)
+            .bind(now())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn files(&self, transfer: &str) -> Result<Vec<FileRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {FILE_COLS} FROM barge_files WHERE transfer_id = $1 ORDER BY file_id"
+        )))
+        .bind(transfer)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter().map(|r| self.file_row(r)).collect()
+    }
+
+    async fn upload_started(&self, transfer: &str, file: FileId, upload_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE barge_files SET upload_id = $1, state = 'uploading', error = NULL, updated_at = $2 \
+             WHERE transfer_id = $3 AND file_id = $4",
+        )
+        .bind(upload_id)
+        .bind(now())
+        .bind(transfer)
+        .bind(file as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn part_done(
+        &self,
+        transfer: &str,
+        file: FileId,
+        upload_id: &str,
+        receipt: &PartReceipt,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO barge_parts (transfer_id, file_id, upload_id, number, etag, len, crc32c) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (transfer_id, file_id, upload_id, number) DO UPDATE SET \
+             etag = excluded.etag, len = excluded.len, crc32c = excluded.crc32c",
+        )
+        .bind(transfer)
+        .bind(file as i64)
+        .bind(upload_id)
+        .bind(i64::from(receipt.number))
+        .bind(&receipt.etag)
+        .bind(receipt.len as i64)
+        .bind(receipt.crc32c.clone())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn receipts(
+        &self,
+        transfer: &str,
+        file: FileId,
+        upload_id: &str,
+    ) -> Result<Vec<PartReceipt>> {
+        let rows = sqlx::query(
+            "SELECT number, etag, len, crc32c FROM barge_parts \
+             WHERE transfer_id = $1 AND file_id = $2 AND upload_id = $3 ORDER BY number",
+        )
+        .bind(transfer)
+        .bind(file as i64)
+        .bind(upload_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|r| {
+                let g = |e: sqlx::Error| self.err(e);
+                Ok(PartReceipt {
+                    number: r.try_get::<i64, _>("number").map_err(g)? as u32,
+                    etag: r.try_get("etag").map_err(g)?,
+                    len: r.try_get::<i64, _>("len").map_err(g)? as u64,
+                    crc32c: r.try_get("crc32c").map_err(g)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn file_state(
+        &self,
+        transfer: &str,
+        file: FileId,
+        state: FileState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE barge_files SET state = $1, error = $2, updated_at = $3 \
+             WHERE transfer_id = $4 AND file_id = $5",
+        )
+        .bind(state.as_str())
+        .bind(error.map(str::to_string))
+        .bind(now())
+        .bind(transfer)
+        .bind(file as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn status(&self, transfer: &str) -> Result<Vec<FileStatus>> {
+        let files = self.files(transfer).await?;
+        let mut out = Vec::with_capacity(files.len());
+        for f in &files {
+            let receipts = match &f.upload_id {
+                Some(u) if f.state != FileState::Completed => {
+                    self.receipts(transfer, f.plan.id, u).await?
+                }
+                _ => Vec::new(),
+            };
+            out.push(status_of(f, &receipts));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://barge:hunter2@db:5432/j"),
+            "postgres://barge:***@db:5432/j"
+        );
+        assert_eq!(redact("postgres://db/j"), "postgres://db/j");
+    }
+}
