@@ -1,0 +1,219 @@
+//! Interrupted transfers resume from the journal against a real S3 server: only the parts not yet
+//! recorded move again, a changed source is reported instead of spliced, a vanished upload
+//! starts over.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use barge_engine::input::TransferSpec;
+use barge_engine::journal::{FileState, Journal, SqlJournal, TransferState};
+use barge_engine::location::ConnRef;
+use barge_engine::plan::PlanOptions;
+use barge_engine::report::{Observer, Status};
+use barge_engine::run::{Engine, RunOptions};
+use barge_store::{MIB as MIB64, ObjectAttrs, ObjectPath, Store, UploadRef};
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+fn opts() -> RunOptions {
+    RunOptions {
+        plan: PlanOptions {
+            part_size: 5 * MIB64,
+            copy_part_size: 5 * MIB64,
+            max_memory: 64 * MIB64,
+        },
+        concurrency: 2,
+        ..RunOptions::default()
+    }
+}
+
+/// Cancels the run once `after` parts are done.
+struct StopAfter {
+    after: usize,
+    seen: AtomicUsize,
+    token: CancellationToken,
+}
+
+impl Observer for StopAfter {
+    fn progress(&self, _file: usize, _bytes: u64) {
+        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 >= self.after {
+            self.token.cancel();
+        }
+    }
+}
+
+async fn journal(tag: &str) -> Arc<SqlJournal> {
+    let path = temp_dir(tag).join("journal.sqlite");
+    Arc::new(
+        SqlJournal::open(&path.to_string_lossy())
+            .await
+            .expect("open journal"),
+    )
+}
+
+async fn interrupted_run(
+    j: &Arc<SqlJournal>,
+    specs: Vec<TransferSpec>,
+    after: usize,
+) -> barge_engine::report::Summary {
+    let engine = Engine::new(connections(), opts()).with_journal(j.clone());
+    let stop = Arc::new(StopAfter {
+        after,
+        seen: 0.into(),
+        token: engine.cancel_token(),
+    });
+    engine
+        .with_observer(stop)
+        .run(specs)
+        .await
+        .expect("first run")
+}
+
+async fn stores() -> (Arc<dyn Store>, Arc<dyn Store>) {
+    let c = connections();
+    (
+        c.get(&ConnRef::Named("ga".into())).await.expect("ga"),
+        c.get(&ConnRef::Named("gb".into())).await.expect("gb"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_transfer_resumes_where_it_stopped() {
+    let (ga, gb) = stores().await;
+    let p = prefix("resume");
+    let size = 40 * MIB + 123; // 9 parts of 5 MiB
+    let body = data(size, 11);
+    put(ga.as_ref(), "src", &format!("{p}big"), body.clone(), &ObjectAttrs::default()).await;
+    let specs = vec![TransferSpec {
+        src: named("ga", "src", &format!("{p}big")),
+        dst: named("gb", "dst", &format!("{p}big")),
+    }];
+    let j = journal("resume").await;
+    let first = interrupted_run(&j, specs.clone(), 3).await;
+    assert_eq!(first.files[0].status, Status::Cancelled, "{first:#?}");
+    let tid = first.transfer_id.clone().expect("transfer id");
+    let t = j.transfer(&tid).await.expect("read").expect("recorded");
+    assert_eq!(t.state, TransferState::Interrupted);
+    assert_eq!(
+        gb.list_uploads("dst", &p).await.expect("list").len(),
+        1,
+        "the upload is kept for the resume"
+    );
+    let status = j.status(&tid).await.expect("status");
+    let recorded = status[0].parts_done;
+    assert!(recorded >= 3, "{status:#?}");
+
+    let second = Engine::new(connections(), opts())
+        .with_journal(j.clone())
+        .run(specs)
+        .await
+        .expect("second run");
+    assert!(second.success(), "{second:#?}");
+    assert!(second.resumed);
+    assert_eq!(second.transfer_id.as_deref(), Some(tid.as_str()));
+    assert_eq!(second.parts_reused, recorded, "every recorded part is reused");
+    let moved_again = second.bytes_through_client;
+    let left = size as u64 - recorded * 5 * MIB64;
+    assert_eq!(moved_again, left, "only the parts not recorded move again");
+    println!(
+        "resume: {recorded} of 9 parts recorded before the stop; the second run moved {moved_again} bytes of {size}"
+    );
+    assert_eq!(sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await), sha256(&body));
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+    let t = j.transfer(&tid).await.expect("read").expect("recorded");
+    assert_eq!(t.state, TransferState::Done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_changed_between_runs_is_reported_not_spliced() {
+    let (ga, gb) = stores().await;
+    let p = prefix("resume-changed");
+    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 1), &ObjectAttrs::default()).await;
+    let specs = vec![TransferSpec {
+        src: named("ga", "src", &format!("{p}f")),
+        dst: named("gb", "dst", &format!("{p}f")),
+    }];
+    let j = journal("resume-changed").await;
+    interrupted_run(&j, specs.clone(), 2).await;
+    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 2), &ObjectAttrs::default()).await;
+    let second = Engine::new(connections(), opts())
+        .with_journal(j.clone())
+        .run(specs.clone())
+        .await
+        .expect("second run");
+    assert_eq!(second.files[0].status, Status::Failed);
+    let err = second.files[0].error.clone().unwrap_or_default();
+    assert!(err.contains("changed since the transfer planned it") && err.contains(&format!("{p}f")), "{err}");
+    assert!(gb.head(&ObjectPath::new("dst", format!("{p}f"))).await.is_err(), "nothing spliced");
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+    // Running it again copies the new version.
+    let third = Engine::new(connections(), opts())
+        .with_journal(j.clone())
+        .run(specs)
+        .await
+        .expect("third run");
+    assert!(third.success(), "{third:#?}");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}f")).await),
+        sha256(&data(30 * MIB, 2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vanished_upload_starts_that_file_over() {
+    let (ga, gb) = stores().await;
+    let p = prefix("resume-gone");
+    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 3), &ObjectAttrs::default()).await;
+    let specs = vec![TransferSpec {
+        src: named("ga", "src", &format!("{p}f")),
+        dst: named("gb", "dst", &format!("{p}f")),
+    }];
+    let j = journal("resume-gone").await;
+    let first = interrupted_run(&j, specs.clone(), 2).await;
+    let tid = first.transfer_id.expect("id");
+    let files = j.files(&tid).await.expect("files");
+    assert_eq!(files[0].state, FileState::Uploading);
+    let upload_id = files[0].upload_id.clone().expect("upload id");
+    gb.abort_upload(&UploadRef {
+        path: ObjectPath::new("dst", format!("{p}f")),
+        upload_id,
+    })
+    .await
+    .expect("abort behind barge's back");
+    let second = Engine::new(connections(), opts())
+        .with_journal(j.clone())
+        .run(specs)
+        .await
+        .expect("second run");
+    assert!(second.success(), "{second:#?}");
+    assert_eq!(second.parts_reused, 0);
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}f")).await),
+        sha256(&data(30 * MIB, 3))
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abort_discards_a_kept_upload() {
+    let (ga, gb) = stores().await;
+    let p = prefix("abort");
+    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 4), &ObjectAttrs::default()).await;
+    let specs = vec![TransferSpec {
+        src: named("ga", "src", &format!("{p}f")),
+        dst: named("gb", "dst", &format!("{p}f")),
+    }];
+    let j = journal("abort").await;
+    let first = interrupted_run(&j, specs, 2).await;
+    let tid = first.transfer_id.expect("id");
+    assert_eq!(gb.list_uploads("dst", &p).await.expect("list").len(), 1);
+    let n = barge_engine::run::abort_transfer(&connections(), j.as_ref(), &tid[..8])
+        .await
+        .expect("abort");
+    assert_eq!(n, 1);
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+    let t = j.transfer(&tid).await.expect("read").expect("recorded");
+    assert_eq!(t.state, TransferState::Aborted);
+}
