@@ -90,7 +90,10 @@ async fn kill_dash_nine_then_rerun_resumes() {
             t0.elapsed() < Duration::from_secs(300),
             "no progress recorded within 5 minutes"
         );
-        assert!(child.try_wait().expect("poll").is_none(), "barge ended before the kill");
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "barge ended before the kill"
+        );
     }
     child.kill().expect("kill -9");
     child.wait().expect("reap");
@@ -126,7 +129,11 @@ async fn kill_dash_nine_then_rerun_resumes() {
         .expect("ga");
     let got = read(ga.as_ref(), "dst", &format!("{p}big.bin")).await;
     assert_eq!(got.len() as u64, size);
-    assert_eq!(sha256(&got), want, "byte-identical after the crash and resume");
+    assert_eq!(
+        sha256(&got),
+        want,
+        "byte-identical after the crash and resume"
+    );
     assert_no_uploads(ga.as_ref(), "dst", &p).await;
     std::fs::remove_dir_all(&dir).ok();
 }

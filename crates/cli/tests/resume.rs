@@ -85,7 +85,14 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
     let p = prefix("resume");
     let size = 40 * MIB + 123; // 9 parts of 5 MiB
     let body = data(size, 11);
-    put(ga.as_ref(), "src", &format!("{p}big"), body.clone(), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![TransferSpec {
         src: named("ga", "src", &format!("{p}big")),
         dst: named("gb", "dst", &format!("{p}big")),
@@ -113,14 +120,20 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
     assert!(second.success(), "{second:#?}");
     assert!(second.resumed);
     assert_eq!(second.transfer_id.as_deref(), Some(tid.as_str()));
-    assert_eq!(second.parts_reused, recorded, "every recorded part is reused");
+    assert_eq!(
+        second.parts_reused, recorded,
+        "every recorded part is reused"
+    );
     let moved_again = second.bytes_through_client;
     let left = size as u64 - recorded * 5 * MIB64;
     assert_eq!(moved_again, left, "only the parts not recorded move again");
     println!(
         "resume: {recorded} of 9 parts recorded before the stop; the second run moved {moved_again} bytes of {size}"
     );
-    assert_eq!(sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await), sha256(&body));
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&body)
+    );
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
     let t = j.transfer(&tid).await.expect("read").expect("recorded");
     assert_eq!(t.state, TransferState::Done);
@@ -130,14 +143,28 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
 async fn a_source_changed_between_runs_is_reported_not_spliced() {
     let (ga, gb) = stores().await;
     let p = prefix("resume-changed");
-    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 1), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(30 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![TransferSpec {
         src: named("ga", "src", &format!("{p}f")),
         dst: named("gb", "dst", &format!("{p}f")),
     }];
     let j = journal("resume-changed").await;
     interrupted_run(&j, specs.clone(), 2).await;
-    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 2), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(30 * MIB, 2),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let second = Engine::new(connections(), opts())
         .with_journal(j.clone())
         .run(specs.clone())
@@ -145,8 +172,16 @@ async fn a_source_changed_between_runs_is_reported_not_spliced() {
         .expect("second run");
     assert_eq!(second.files[0].status, Status::Failed);
     let err = second.files[0].error.clone().unwrap_or_default();
-    assert!(err.contains("changed since the transfer planned it") && err.contains(&format!("{p}f")), "{err}");
-    assert!(gb.head(&ObjectPath::new("dst", format!("{p}f"))).await.is_err(), "nothing spliced");
+    assert!(
+        err.contains("changed since the transfer planned it") && err.contains(&format!("{p}f")),
+        "{err}"
+    );
+    assert!(
+        gb.head(&ObjectPath::new("dst", format!("{p}f")))
+            .await
+            .is_err(),
+        "nothing spliced"
+    );
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
     // Running it again copies the new version.
     let third = Engine::new(connections(), opts())
@@ -165,7 +200,14 @@ async fn a_source_changed_between_runs_is_reported_not_spliced() {
 async fn a_vanished_upload_starts_that_file_over() {
     let (ga, gb) = stores().await;
     let p = prefix("resume-gone");
-    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 3), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(30 * MIB, 3),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![TransferSpec {
         src: named("ga", "src", &format!("{p}f")),
         dst: named("gb", "dst", &format!("{p}f")),
@@ -200,7 +242,14 @@ async fn a_vanished_upload_starts_that_file_over() {
 async fn abort_discards_a_kept_upload() {
     let (ga, gb) = stores().await;
     let p = prefix("abort");
-    put(ga.as_ref(), "src", &format!("{p}f"), data(30 * MIB, 4), &ObjectAttrs::default()).await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(30 * MIB, 4),
+        &ObjectAttrs::default(),
+    )
+    .await;
     let specs = vec![TransferSpec {
         src: named("ga", "src", &format!("{p}f")),
         dst: named("gb", "dst", &format!("{p}f")),

@@ -38,6 +38,10 @@ pub struct ConnectionConfig {
     pub checksum: Option<String>,
     /// The largest object the store accepts, like `5TiB`.
     pub max_object_size: Option<String>,
+    /// How long to wait for the next bytes of an answer before the attempt is retried (`60s`).
+    pub read_timeout: Option<String>,
+    /// How long to wait for a connection (`10s`).
+    pub connect_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -145,6 +149,19 @@ pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
     };
     if let Some(m) = &c.max_object_size {
         cfg.max_object_size = Some(parse_size(m)?);
+    }
+    let duration = |v: &str, key: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            EngineError::Input(format!(
+                "connection '{name}': {key} '{v}' is not a duration ({e}): write like 30s or 2m"
+            ))
+        })
+    };
+    if let Some(t) = &c.read_timeout {
+        cfg.read_timeout = duration(t, "read_timeout")?;
+    }
+    if let Some(t) = &c.connect_timeout {
+        cfg.connect_timeout = duration(t, "connect_timeout")?;
     }
     cfg.credentials = match (&c.access_key_id_env, &c.secret_access_key_env, &c.profile) {
         (Some(k), Some(s), _) => CredentialSource::Static {

@@ -36,8 +36,15 @@ impl Expected {
 }
 
 /// Check the destination object against what barge sent.
-pub async fn verify(dst: &dyn Store, plan: &FilePlan, exp: &Expected) -> Result<Verification> {
-    let meta = dst.head(&plan.dst.path).await?;
+pub async fn verify(
+    dst: &dyn Store,
+    plan: &FilePlan,
+    exp: &Expected,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
+    let what = format!("stat of {}", plan.dst);
+    let meta = crate::retry::retry(policy, stats, &what, || dst.head(&plan.dst.path)).await?;
     if meta.size != exp.size {
         return Err(EngineError::Verify {
             dest: plan.dst.to_string(),

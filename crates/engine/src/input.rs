@@ -183,10 +183,14 @@ pub async fn expand_prefix(
 ) -> Result<Vec<TransferSpec>> {
     let src_dir = as_dir(&src.path.key);
     let dst_dir = as_dir(&dst.path.key);
-    let listed = src_store
-        .list(&src.path.bucket, &src_dir)
-        .await
-        .map_err(EngineError::Store)?;
+    let policy = crate::retry::RetryPolicy::default();
+    let stats = crate::retry::RetryStats::default();
+    let what = format!("listing of {src}");
+    let listed = crate::retry::retry(&policy, &stats, &what, || {
+        src_store.list(&src.path.bucket, &src_dir)
+    })
+    .await
+    .map_err(EngineError::Store)?;
     let mut out = Vec::new();
     for meta in listed {
         let Some(rel) = meta.path.key.strip_prefix(&src_dir) else {

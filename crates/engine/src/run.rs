@@ -405,7 +405,14 @@ impl Engine {
                 let (_, crc) = move_whole(&self.limits, &src, &dst, plan).await?;
                 self.observer.progress(plan.id, plan.size);
                 let exp = Expected::whole(plan.size, crc);
-                verify(dst.as_ref(), plan, &exp).await
+                verify(
+                    dst.as_ref(),
+                    plan,
+                    &exp,
+                    &self.opts.retry,
+                    &self.limits.stats,
+                )
+                .await
             };
             tokio::select! {
                 r = whole => r?,
@@ -602,10 +609,13 @@ impl Engine {
             dst.complete_upload(upload, &receipts)
         })
         .await?;
+        let exp = Expected::from_parts(plan.size, &receipts);
         verify(
             dst.as_ref(),
             plan,
-            &Expected::from_parts(plan.size, &receipts),
+            &exp,
+            &self.opts.retry,
+            &self.limits.stats,
         )
         .await
     }
@@ -749,7 +759,12 @@ pub async fn cleanup(
     dry_run: bool,
 ) -> Result<Vec<barge_store::PendingUpload>> {
     let now = std::time::SystemTime::now();
-    let pending = store.list_uploads(bucket, prefix).await?;
+    let policy = RetryPolicy::default();
+    let stats = crate::retry::RetryStats::default();
+    let pending = retry(&policy, &stats, "listing of multipart uploads", || {
+        store.list_uploads(bucket, prefix)
+    })
+    .await?;
     let mut out = Vec::new();
     for p in pending {
         let age = p
@@ -760,7 +775,11 @@ pub async fn cleanup(
             continue;
         }
         if !dry_run {
-            store.abort_upload(&p.upload).await?;
+            let what = format!(
+                "abort of upload {} of {}",
+                p.upload.upload_id, p.upload.path
+            );
+            retry(&policy, &stats, &what, || store.abort_upload(&p.upload)).await?;
         }
         out.push(p);
     }
