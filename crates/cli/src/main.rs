@@ -48,9 +48,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("barge: {e:#}");
-            let refused = e
-                .downcast_ref::<EngineError>()
-                .is_some_and(|e| matches!(e, EngineError::Input(_) | EngineError::Config { .. }));
+            let refused = e.downcast_ref::<EngineError>().is_some_and(|e| {
+                matches!(
+                    e,
+                    EngineError::Input(_) | EngineError::Config { .. } | EngineError::Journal(_)
+                )
+            });
             ExitCode::from(if refused { EXIT_REFUSED } else { EXIT_FAILED })
         }
     }

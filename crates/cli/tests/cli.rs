@@ -401,3 +401,208 @@ async fn move_to_local_deletes_only_the_source_key() {
             .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_journal_stops_before_anything_moves() {
+    let e = env("cli-journal");
+    let p = prefix("cli-journal");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(10, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    // A journal path below a regular file can never be created, whoever runs the test.
+    let blocker = e.dir.join("not-a-folder");
+    std::fs::write(&blocker, b"x").expect("file");
+    let journal = blocker.join("journal.sqlite");
+    let o = Command::new(env!("CARGO_BIN_EXE_barge"))
+        .arg("--config")
+        .arg(&e.config)
+        .arg("--journal")
+        .arg(&journal)
+        .args(["cp", &format!("ga:src/{p}f"), &format!("gb:dst/{p}f")])
+        .output()
+        .expect("run");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("journal") && err.contains("not-a-folder"),
+        "{err}"
+    );
+    let gb = connections()
+        .get(&ConnRef::Named("gb".into()))
+        .await
+        .expect("gb");
+    assert!(
+        gb.head(&ObjectPath::new("dst", format!("{p}f")))
+            .await
+            .is_err(),
+        "nothing moved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_credentials_fail_each_file_by_name_and_leave_nothing() {
+    let e = env("cli-creds");
+    let p = prefix("cli-creds");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(6 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let cfg = format!(
+        "{}[connections.badb]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_B_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_WRONG_SECRET\"\n",
+        config_text(),
+        std::env::var("BARGE_TEST_B_ENDPOINT").expect("endpoint")
+    );
+    std::fs::write(&e.config, cfg).expect("config");
+    let wrong = "0".repeat(64);
+    let o = Command::new(env!("CARGO_BIN_EXE_barge"))
+        .arg("--config")
+        .arg(&e.config)
+        .arg("--journal")
+        .arg(e.dir.join("j.sqlite"))
+        .args([
+            "cp",
+            &format!("ga:src/{p}f"),
+            &format!("badb:dst/{p}f"),
+            "--part-size",
+            "5MiB",
+        ])
+        .env("BARGE_TEST_WRONG_SECRET", &wrong)
+        .output()
+        .expect("run");
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("badb: access denied") && err.contains(&format!("dst/{p}f")),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&wrong) && !out.contains(&wrong),
+        "secret leaked"
+    );
+    let gb = connections()
+        .get(&ConnRef::Named("gb".into()))
+        .await
+        .expect("gb");
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+    assert!(
+        store
+            .head(&ObjectPath::new("src", format!("{p}f")))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_local_destination_is_named_and_nothing_is_left() {
+    let e = env("cli-unwritable");
+    let p = prefix("cli-unwritable");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(6 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let blocker = e.dir.join("file");
+    std::fs::write(&blocker, b"x").expect("file");
+    let dest = blocker.join("out.bin");
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            &format!("ga:src/{p}f"),
+            &dest.to_string_lossy(),
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&dest.to_string_lossy().to_string()), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&e.dir)
+        .expect("dir")
+        .flatten()
+        .filter(|x| x.file_name().to_string_lossy().contains("barge-tmp"))
+        .collect();
+    assert!(left.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_and_status_commands() {
+    let e = env("cli-verify");
+    let p = prefix("cli-verify");
+    let store = ga().await;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}f"),
+        data(7 * MIB, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            &format!("ga:src/{p}f"),
+            &format!("gb:dst/{p}f"),
+            "--part-size",
+            "5MiB",
+            "--quiet",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    let o = barge(
+        &e,
+        &[
+            "verify",
+            &format!("ga:src/{p}f"),
+            &format!("gb:dst/{p}f"),
+            "--json",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["same"], true, "{out}");
+    // A different object with the same size is caught.
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}g"),
+        data(7 * MIB, 2),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge(
+        &e,
+        &["verify", &format!("ga:src/{p}g"), &format!("gb:dst/{p}f")],
+    );
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("DIFFERENT"), "{out}");
+    let o = barge(&e, &["status", "--json"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["transfer"]["state"], "done", "{out}");
+    assert_eq!(v["files"][0]["parts_done"], 2, "{out}");
+    let o = barge(&e, &["list"]);
+    assert!(text(&o).0.contains("done"), "{:?}", text(&o));
+    let o = barge(&e, &["resume", "nosuchid"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("no transfer with id 'nosuchid'"));
+}
