@@ -305,6 +305,18 @@ async fn secrets_never_reach_the_output() {
             "{var} leaked"
         );
     }
+    // Nor does the journal, which records connections by name only.
+    let journal = std::fs::read(e.dir.join("journal.sqlite")).expect("journal written");
+    let wal = std::fs::read(e.dir.join("journal.sqlite-wal")).unwrap_or_default();
+    for var in ["BARGE_TEST_A_SECRET", "BARGE_TEST_B_SECRET", "BARGE_TEST_A_KEY_ID"] {
+        let v = std::env::var(var).expect("set");
+        for bytes in [&journal, &wal] {
+            assert!(
+                !bytes.windows(v.len()).any(|w| w == v.as_bytes()),
+                "{var} found in the journal"
+            );
+        }
+    }
     // A missing key with verbose logs: the error path does not leak either.
     let o = barge(
         &e,
