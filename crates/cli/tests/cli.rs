@@ -308,7 +308,11 @@ async fn secrets_never_reach_the_output() {
     // Nor does the journal, which records connections by name only.
     let journal = std::fs::read(e.dir.join("journal.sqlite")).expect("journal written");
     let wal = std::fs::read(e.dir.join("journal.sqlite-wal")).unwrap_or_default();
-    for var in ["BARGE_TEST_A_SECRET", "BARGE_TEST_B_SECRET", "BARGE_TEST_A_KEY_ID"] {
+    for var in [
+        "BARGE_TEST_A_SECRET",
+        "BARGE_TEST_B_SECRET",
+        "BARGE_TEST_A_KEY_ID",
+    ] {
         let v = std::env::var(var).expect("set");
         for bytes in [&journal, &wal] {
             assert!(
