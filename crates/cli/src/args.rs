@@ -56,6 +56,24 @@ pub enum Command {
     Abort(AbortArgs),
     /// Check that DST holds the same bytes as SRC (by checksum, reading both if it must).
     Verify(VerifyArgs),
+    /// Tools for measuring (used by bench/).
+    #[command(hide = true, subcommand)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Upload in-memory parts (no reads) as fast as the store accepts them, then delete the
+    /// object: the server's ceiling for barge's upload path.
+    UploadCeiling {
+        dst: String,
+        #[arg(long, default_value = "4GiB")]
+        size: String,
+        #[arg(long, default_value = "16MiB")]
+        part_size: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Debug, Args)]

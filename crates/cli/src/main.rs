@@ -20,8 +20,8 @@ use barge_engine::size::human;
 use clap::Parser;
 
 use args::{
-    AbortArgs, CleanupArgs, Cli, Command, Common, CpArgs, ListArgs, ResumeArgs, RunArgs,
-    StatusArgs, VerifyArgs, parse_age,
+    AbortArgs, CleanupArgs, Cli, Command, Common, CpArgs, DebugCommand, ListArgs, ResumeArgs,
+    RunArgs, StatusArgs, VerifyArgs, parse_age,
 };
 use progress::{Progress, print_plan};
 
@@ -87,6 +87,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => resume(conns, journal, a).await,
         Command::Abort(a) => abort(conns, journal, a).await,
         Command::Verify(a) => verify(conns, a).await,
+        Command::Debug(d) => debug(conns, d).await,
     }
 }
 
@@ -464,4 +465,69 @@ async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCo
     } else {
         ExitCode::from(EXIT_FAILED)
     })
+}
+
+async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let DebugCommand::UploadCeiling {
+        dst,
+        size,
+        part_size,
+        concurrency,
+    } = cmd;
+    let loc = parse_loc(&conns, &dst)?;
+    let size = barge_engine::size::parse_size(&size)?;
+    let ps = barge_engine::size::parse_size(&part_size)?.max(1);
+    let store = conns.get(&loc.conn).await?;
+    let buf = bytes::Bytes::from(
+        (0..ps)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let crc = barge_store::checksum::crc32c(&buf);
+    let parts = barge_engine::plan::split(size, ps);
+    let t0 = std::time::Instant::now();
+    let up = store
+        .create_upload(
+            &loc.path,
+            &Default::default(),
+            barge_store::ChecksumMode::Crc32c,
+        )
+        .await?;
+    let results: Vec<_> = futures::stream::iter(parts)
+        .map(|p| {
+            let (store, up, buf) = (store.clone(), up.clone(), buf.clone());
+            async move {
+                let data = buf.slice(0..p.len as usize);
+                let c = if p.len == ps {
+                    crc
+                } else {
+                    barge_store::checksum::crc32c(&data)
+                };
+                store.upload_part(&up, &p, data, Some(c)).await
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut receipts = Vec::new();
+    for r in results {
+        match r {
+            Ok(r) => receipts.push(r),
+            Err(e) => {
+                store.abort_upload(&up).await.ok();
+                return Err(e.into());
+            }
+        }
+    }
+    receipts.sort_by_key(|r| r.number);
+    store.complete_upload(&up, &receipts).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    store.delete(&loc.path, None).await?;
+    println!(
+        "{} in {secs:.2}s: {}/s",
+        human(size),
+        human((size as f64 / secs) as u64)
+    );
+    Ok(ExitCode::SUCCESS)
 }

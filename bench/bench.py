@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""barge beside its peers, on the same data, the same local S3 servers, in the same run.
+
+Run through bench/run.sh, which installs the peers, starts the two Garage servers and builds
+barge. Each scenario runs every tool once per round, the order rotating between rounds; the
+table reports the median and the spread (min-max) of wall time, throughput, client CPU seconds
+(user+sys) per GiB moved and client peak RSS, measured by GNU time around each command.
+
+Environment: BENCH_BIG (scenarios 1, 4, 5; default 4GiB), BENCH_HUGE (scenario 2; 6GiB),
+BENCH_SMALL_COUNT (scenario 3; 5000), BENCH_ROUNDS (3), BENCH_SCENARIOS (e.g. "1,2"),
+BENCH_CONCURRENCY (16 for every tool).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+BARGE = str(ROOT / "target" / "release" / "barge")
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+
+def size_env(name, default):
+    v = os.environ.get(name, default)
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    for u, m in units.items():
+        if v.endswith(u):
+            return int(float(v[: -len(u)]) * m)
+    return int(v)
+
+
+BIG = size_env("BENCH_BIG", "4GiB")
+HUGE = size_env("BENCH_HUGE", "6GiB")
+SMALL_COUNT = int(os.environ.get("BENCH_SMALL_COUNT", "5000"))
+SMALL_SIZE = 64 * 1024
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CONC = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+SCENARIOS = [s.strip() for s in os.environ.get("BENCH_SCENARIOS", "1,2,3,4,5").split(",")]
+
+E = {k: os.environ[k] for k in os.environ if k.startswith("BARGE_TEST_")}
+WORK = Path(tempfile.mkdtemp(prefix="barge-bench-"))
+
+
+def setup_configs():
+    """One set of connection settings, written for every tool."""
+    barge = ""
+    aws_cfg = ""
+    aws_cred = ""
+    rclone_env = {}
+    for name, w in (("a", "A"), ("b", "B")):
+        ep, kid, sec = E[f"BARGE_TEST_{w}_ENDPOINT"], E[f"BARGE_TEST_{w}_KEY_ID"], E[f"BARGE_TEST_{w}_SECRET"]
+        barge += (
+            f'[connections.{name}]\nendpoint = "{ep}"\nregion = "us-east-1"\n'
+            f'access_key_id_env = "BARGE_TEST_{w}_KEY_ID"\nsecret_access_key_env = "BARGE_TEST_{w}_SECRET"\n\n'
+        )
+        aws_cfg += (
+            f"[profile {name}]\nregion = us-east-1\nendpoint_url = {ep}\n"
+            f"s3 =\n  addressing_style = path\n  max_concurrent_requests = {CONC}\n"
+            f"  multipart_chunksize = 16MB\n  multipart_threshold = 16MB\n\n"
+        )
+        aws_cred += f"[{name}]\naws_access_key_id = {kid}\naws_secret_access_key = {sec}\n\n"
+        R = f"RCLONE_CONFIG_{w}_"
+        rclone_env.update({
+            R + "TYPE": "s3", R + "PROVIDER": "Other", R + "ENDPOINT": ep,
+            R + "ACCESS_KEY_ID": kid, R + "SECRET_ACCESS_KEY": sec, R + "REGION": "us-east-1",
+            R + "FORCE_PATH_STYLE": "true",
+        })
+    (WORK / "barge.toml").write_text(barge)
+    (WORK / "aws_config").write_text(aws_cfg)
+    (WORK / "aws_credentials").write_text(aws_cred)
+    os.chmod(WORK / "aws_credentials", 0o600)
+    env = dict(os.environ)
+    env.update(rclone_env)
+    env["AWS_CONFIG_FILE"] = str(WORK / "aws_config")
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(WORK / "aws_credentials")
+    env["BARGE_CONFIG"] = str(WORK / "barge.toml")
+    env["BARGE_JOURNAL"] = str(WORK / "journal.sqlite")
+    env.pop("AWS_CA_BUNDLE", None)  # rclone fails on S3 when it is set
+    for k in [k for k in env if k.startswith("AWS_") and k not in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")]:
+        env.pop(k)
+    return env
+
+
+ENV = None
+
+
+def s3(profile):
+    s = boto3.session.Session(profile_name=profile)
+    return s.client("s3", config=Config(max_pool_connections=32, s3={"addressing_style": "path"}))
+
+
+def delete_prefix(profile, bucket, prefix):
+    c = s3(profile)
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        for i in range(0, len(objs), 1000):
+            c.delete_objects(Bucket=bucket, Delete={"Objects": objs[i : i + 1000]})
+    for u in c.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", []):
+        c.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+
+
+def run_timed(argv, shell=False):
+    """Run a command under GNU time: (ok, wall s, cpu s, peak RSS MiB, error text)."""
+    out = WORK / "time.txt"
+    cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(out)]
+    cmd += ["bash", "-c", argv] if shell else argv
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    try:
+        e, u, s, m = out.read_text().strip().splitlines()[-1].split()
+        cpu, rss = float(u) + float(s), int(m) / 1024
+    except Exception:  # noqa: BLE001 - a failed command may leave no timing
+        cpu, rss = float("nan"), float("nan")
+    err = "" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1][:160]
+    return p.returncode == 0, wall, cpu, rss, err
+
+
+def py(script, *args):
+    return [sys.executable, str(ROOT / "bench" / script), *args]
+
+
+def tools_for(scn):
+    """(tool name, argv or shell string, is_shell) per scenario; None where the tool cannot."""
+    b = [BARGE, "--quiet", "--concurrency", str(CONC)]
+    rc = ["rclone", "--s3-upload-concurrency", str(CONC), "--s3-chunk-size", "16M",
+          "--transfers", str(CONC), "--checkers", str(CONC), "-q"]
+    if scn == "1":
+        return {
+            "barge": lambda d: (b + ["cp", "a:src/bench/big", f"b:dst/{d}/big"], False),
+            "rclone": lambda d: (rc + ["copyto", "A:src/bench/big", f"B:dst/{d}/big"], False),
+            "aws cli (pipe)": lambda d: (
+                f"aws --profile a s3 cp s3://src/bench/big - | aws --profile b s3 cp - s3://dst/{d}/big --expected-size {BIG}",
+                True),
+            "boto3": lambda d: (py("boto3_transfer.py", "copy", "a", "src", "bench/big", "b", "dst", f"{d}/big"), False),
+            "airflow pattern": lambda d: (py("airflow_replay.py", "a", "src", "bench/big", "b", "dst", f"{d}/big"), False),
+            "s5cmd": None,
+        }
+    if scn == "2":
+        return {
+            "barge": lambda d: (b + ["cp", "a:src/bench/huge", f"a:dst/{d}/huge"], False),
+            "rclone": lambda d: (rc + ["copyto", "A:src/bench/huge", f"A:dst/{d}/huge"], False),
+            "aws cli": lambda d: (["aws", "--profile", "a", "s3", "cp", "s3://src/bench/huge", f"s3://dst/{d}/huge"], False),
+            "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_A_ENDPOINT"], "--numworkers", str(CONC),
+                                 "cp", "s3://src/bench/huge", f"s3://dst/{d}/huge"], False),
+            "boto3": lambda d: (py("boto3_transfer.py", "copy", "a", "src", "bench/huge", "a", "dst", f"{d}/huge"), False),
+            "airflow pattern": lambda d: (py("airflow_replay.py", "a", "src", "bench/huge", "a", "dst", f"{d}/huge"), False),
+        }
+    if scn == "3":
+        return {
+            "barge": lambda d: (b + ["cp", "-r", "a:src/bench/small/", f"b:dst/{d}/small/"], False),
+            "rclone": lambda d: (rc + ["copy", "A:src/bench/small", f"B:dst/{d}/small"], False),
+            "boto3": lambda d: (py("boto3_transfer.py", "copytree", "a", "src", "bench/small/", "b", "dst", f"{d}/small/"), False),
+            "airflow pattern": lambda d: (py("airflow_replay.py", "a", "src", "bench/small/", "b", "dst", f"{d}/small/", "--prefix"), False),
+            "aws cli": None,
+            "s5cmd": None,
+        }
+    local = str(WORK / "big.bin")
+    down = str(WORK / "down.bin")
+    if scn == "4u":
+        return {
+            "barge": lambda d: (b + ["cp", local, f"b:dst/{d}/big"], False),
+            "rclone": lambda d: (rc + ["copyto", local, f"B:dst/{d}/big"], False),
+            "aws cli": lambda d: (["aws", "--profile", "b", "s3", "cp", local, f"s3://dst/{d}/big"], False),
+            "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_B_ENDPOINT"], "cp", "--concurrency", str(CONC),
+                                 "--part-size", "16", local, f"s3://dst/{d}/big"], False),
+            "boto3": lambda d: (py("boto3_transfer.py", "upload", "b", local, "dst", f"{d}/big"), False),
+        }
+    if scn == "4d":
+        return {
+            "barge": lambda d: (b + ["cp", "a:src/bench/big", down], False),
+            "rclone": lambda d: (rc + ["copyto", "A:src/bench/big", down], False),
+            "aws cli": lambda d: (["aws", "--profile", "a", "s3", "cp", "s3://src/bench/big", down], False),
+            "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_A_ENDPOINT"], "cp", "--concurrency", str(CONC),
+                                 "--part-size", "16", "s3://src/bench/big", down], False),
+            "boto3": lambda d: (py("boto3_transfer.py", "download", "a", "src", "bench/big", down), False),
+        }
+    if scn == "5":
+        return {
+            "barge --max-memory 128MiB": lambda d: (
+                b + ["--max-memory", "128MiB", "cp", "a:src/bench/big", f"b:dst/{d}/big"], False),
+            "barge (default 512MiB)": lambda d: (b + ["cp", "a:src/bench/big", f"b:dst/{d}/big"], False),
+        }
+    raise ValueError(scn)
+
+
+SCENARIO_TITLE = {
+    "1": "1. one object between two endpoints",
+    "2": "2. one object within one endpoint",
+    "3": "3. many 64 KiB objects between two endpoints",
+    "4u": "4. local file to S3",
+    "4d": "4. S3 to local file",
+    "5": "5. scenario 1 with a memory budget",
+}
+
+
+def scenario_bytes(scn):
+    return {"1": BIG, "2": HUGE, "3": SMALL_COUNT * SMALL_SIZE, "4u": BIG, "4d": BIG, "5": BIG}[scn]
+
+
+def ceiling():
+    """The server's own ceiling for barge's upload path: in-memory parts, no reads."""
+    ok, wall, cpu, rss, err = run_timed([BARGE, "--quiet", "debug", "upload-ceiling", "b:dst/bench/ceiling",
+                                         "--size", str(BIG), "--concurrency", str(CONC)])
+    delete_prefix("b", "dst", "bench/ceiling")
+    return BIG / wall / MIB if ok else None
+
+
+def prepare():
+    print("bench: preparing data", file=sys.stderr)
+    subprocess.run(["head", "-c", str(BIG), "/dev/urandom"], stdout=open(WORK / "big.bin", "wb"), check=True)
+    subprocess.run([BARGE, "--quiet", "cp", str(WORK / "big.bin"), "a:src/bench/big"], env=ENV, check=True)
+    if "2" in SCENARIOS:
+        subprocess.run(["head", "-c", str(HUGE), "/dev/urandom"], stdout=open(WORK / "huge.bin", "wb"), check=True)
+        subprocess.run([BARGE, "--quiet", "cp", str(WORK / "huge.bin"), "a:src/bench/huge"], env=ENV, check=True)
+        (WORK / "huge.bin").unlink()
+    if "3" in SCENARIOS:
+        d = WORK / "small"
+        d.mkdir()
+        blob = os.urandom(SMALL_SIZE * 16)
+        for i in range(SMALL_COUNT):
+            off = (i * 4099) % (len(blob) - SMALL_SIZE)
+            (d / f"f{i:05d}").write_bytes(blob[off : off + SMALL_SIZE])
+        subprocess.run([BARGE, "--quiet", "cp", "-r", str(d), "a:src/bench/small/"], env=ENV, check=True)
+
+
+def main():
+    global ENV
+    ENV = setup_configs()
+    prepare()
+    scns = []
+    for s in SCENARIOS:
+        scns += ["4u", "4d"] if s == "4" else [s]
+    results = {}
+    for rnd in range(ROUNDS):
+        for scn in scns:
+            tools = tools_for(scn)
+            names = sorted(tools)
+            k = rnd % len(names)
+            for name in names[k:] + names[:k]:
+                f = tools[name]
+                if f is None:
+                    results.setdefault((scn, name), [])
+                    continue
+                dest = f"bench/run/{scn}/{name.split()[0]}"
+                argv, shell = f(dest)
+                ok, wall, cpu, rss, err = run_timed(argv, shell)
+                print(f"bench: round {rnd + 1} scenario {scn} {name}: {'ok' if ok else 'FAILED'} "
+                      f"{wall:.1f}s cpu {cpu:.1f}s rss {rss:.0f}MiB {err}", file=sys.stderr)
+                results.setdefault((scn, name), []).append((ok, wall, cpu, rss, err))
+                delete_prefix("a", "dst", "bench/run/")
+                delete_prefix("b", "dst", "bench/run/")
+                (WORK / "down.bin").unlink(missing_ok=True)
+    ceil = ceiling()
+    report(scns, results, ceil)
+
+
+def report(scns, results, ceil):
+    rows = []
+    lines = [
+        f"Sizes: scenario 1/4/5 {BIG / GIB:.2f} GiB, scenario 2 {HUGE / GIB:.2f} GiB, "
+        f"scenario 3 {SMALL_COUNT} x 64 KiB; {ROUNDS} round(s); concurrency {CONC} for every tool.",
+        "",
+        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | peak RSS MiB | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scn in scns:
+        size = scenario_bytes(scn)
+        for (s, name), runs in sorted(results.items()):
+            if s != scn:
+                continue
+            if not runs:
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | cannot: one endpoint only |")
+                continue
+            good = [r for r in runs if r[0]]
+            if not good:
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | failed: {runs[-1][4]} |")
+                continue
+            walls = [r[1] for r in good]
+            med = statistics.median(walls)
+            cpu = statistics.median([r[2] for r in good]) / (size / GIB)
+            rss = max(r[3] for r in good)
+            thr = size / med / MIB
+            rows.append({"scenario": scn, "tool": name, "wall": med, "min": min(walls), "max": max(walls),
+                         "mib_s": thr, "cpu_per_gib": cpu, "rss_mib": rss, "runs": len(good)})
+            note = "" if len(good) == len(runs) else f"{len(runs) - len(good)} run(s) failed"
+            lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | {med:.1f} ({min(walls):.1f}-{max(walls):.1f}) | "
+                         f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {note} |")
+    lines.append("")
+    if ceil:
+        lines.append(f"Server ceiling (barge's upload path, in-memory parts, no reads, to server B): {ceil:.0f} MiB/s.")
+    lines.append("")
+    lines += ratios(rows)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.md").write_text("\n".join(lines) + "\n")
+    (out / "latest.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / "throughput.png")
+    print("\n".join(lines))
+
+
+def ratios(rows):
+    out = ["Ratios (barge / best peer that completed, same run):", ""]
+    by = {}
+    for r in rows:
+        by.setdefault(r["scenario"], []).append(r)
+    for scn, rs in by.items():
+        barge = [r for r in rs if r["tool"] == "barge"]
+        peers = [r for r in rs if not r["tool"].startswith("barge")]
+        if not barge or not peers:
+            continue
+        b = barge[0]
+        best_thr = max(peers, key=lambda r: r["mib_s"])
+        best_cpu = min(peers, key=lambda r: r["cpu_per_gib"])
+        line = (f"- {SCENARIO_TITLE[scn]}: throughput {b['mib_s'] / best_thr['mib_s']:.2f}x {best_thr['tool']}; "
+                f"CPU per GiB {b['cpu_per_gib'] / max(best_cpu['cpu_per_gib'], 1e-9):.2f}x {best_cpu['tool']}")
+        air = [r for r in rs if r["tool"] == "airflow pattern"]
+        if air:
+            line += f"; {b['mib_s'] / air[0]['mib_s']:.1f}x the Airflow pattern"
+        out.append(line)
+    return out
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    scns = sorted({r["scenario"] for r in rows}, key=lambda s: list(SCENARIO_TITLE).index(s))
+    tools = sorted({r["tool"] for r in rows})
+    fig, ax = plt.subplots(figsize=(12, 5))
+    w = 0.8 / max(len(tools), 1)
+    for i, t in enumerate(tools):
+        ys = [next((r["mib_s"] for r in rows if r["scenario"] == s and r["tool"] == t), 0) for s in scns]
+        ax.bar([x + i * w for x in range(len(scns))], ys, w, label=t)
+    ax.set_xticks([x + 0.4 - w / 2 for x in range(len(scns))])
+    ax.set_xticklabels([SCENARIO_TITLE[s] for s in scns], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("MiB/s (median)")
+    ax.set_title("Throughput per tool and scenario (higher is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
