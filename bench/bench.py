@@ -130,12 +130,16 @@ def py(script, *args):
 
 def tools_for(scn):
     """(tool name, argv or shell string, is_shell) per scenario; None where the tool cannot."""
-    b = [BARGE, "--quiet", "--concurrency", str(CONC)]
+    opts = ["--quiet", "--concurrency", str(CONC)]
+
+    def bc(*args):
+        return [BARGE, *args, *opts]
+
     rc = ["rclone", "--s3-upload-concurrency", str(CONC), "--s3-chunk-size", "16M",
           "--transfers", str(CONC), "--checkers", str(CONC), "-q"]
     if scn == "1":
         return {
-            "barge": lambda d: (b + ["cp", "a:src/bench/big", f"b:dst/{d}/big"], False),
+            "barge": lambda d: (bc("cp", "a:src/bench/big", f"b:dst/{d}/big"), False),
             "rclone": lambda d: (rc + ["copyto", "A:src/bench/big", f"B:dst/{d}/big"], False),
             "aws cli (pipe)": lambda d: (
                 f"aws --profile a s3 cp s3://src/bench/big - | aws --profile b s3 cp - s3://dst/{d}/big --expected-size {BIG}",
@@ -146,7 +150,7 @@ def tools_for(scn):
         }
     if scn == "2":
         return {
-            "barge": lambda d: (b + ["cp", "a:src/bench/huge", f"a:dst/{d}/huge"], False),
+            "barge": lambda d: (bc("cp", "a:src/bench/huge", f"a:dst/{d}/huge"), False),
             "rclone": lambda d: (rc + ["copyto", "A:src/bench/huge", f"A:dst/{d}/huge"], False),
             "aws cli": lambda d: (["aws", "--profile", "a", "s3", "cp", "s3://src/bench/huge", f"s3://dst/{d}/huge"], False),
             "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_A_ENDPOINT"], "--numworkers", str(CONC),
@@ -156,7 +160,7 @@ def tools_for(scn):
         }
     if scn == "3":
         return {
-            "barge": lambda d: (b + ["cp", "-r", "a:src/bench/small/", f"b:dst/{d}/small/"], False),
+            "barge": lambda d: (bc("cp", "-r", "a:src/bench/small/", f"b:dst/{d}/small/"), False),
             "rclone": lambda d: (rc + ["copy", "A:src/bench/small", f"B:dst/{d}/small"], False),
             "boto3": lambda d: (py("boto3_transfer.py", "copytree", "a", "src", "bench/small/", "b", "dst", f"{d}/small/"), False),
             "airflow pattern": lambda d: (py("airflow_replay.py", "a", "src", "bench/small/", "b", "dst", f"{d}/small/", "--prefix"), False),
@@ -167,7 +171,7 @@ def tools_for(scn):
     down = str(WORK / "down.bin")
     if scn == "4u":
         return {
-            "barge": lambda d: (b + ["cp", local, f"b:dst/{d}/big"], False),
+            "barge": lambda d: (bc("cp", local, f"b:dst/{d}/big"), False),
             "rclone": lambda d: (rc + ["copyto", local, f"B:dst/{d}/big"], False),
             "aws cli": lambda d: (["aws", "--profile", "b", "s3", "cp", local, f"s3://dst/{d}/big"], False),
             "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_B_ENDPOINT"], "cp", "--concurrency", str(CONC),
@@ -176,7 +180,7 @@ def tools_for(scn):
         }
     if scn == "4d":
         return {
-            "barge": lambda d: (b + ["cp", "a:src/bench/big", down], False),
+            "barge": lambda d: (bc("cp", "a:src/bench/big", down), False),
             "rclone": lambda d: (rc + ["copyto", "A:src/bench/big", down], False),
             "aws cli": lambda d: (["aws", "--profile", "a", "s3", "cp", "s3://src/bench/big", down], False),
             "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_A_ENDPOINT"], "cp", "--concurrency", str(CONC),
@@ -186,8 +190,8 @@ def tools_for(scn):
     if scn == "5":
         return {
             "barge --max-memory 128MiB": lambda d: (
-                b + ["--max-memory", "128MiB", "cp", "a:src/bench/big", f"b:dst/{d}/big"], False),
-            "barge (default 512MiB)": lambda d: (b + ["cp", "a:src/bench/big", f"b:dst/{d}/big"], False),
+                bc("cp", "a:src/bench/big", f"b:dst/{d}/big", "--max-memory", "128MiB"), False),
+            "barge (default 512MiB)": lambda d: (bc("cp", "a:src/bench/big", f"b:dst/{d}/big"), False),
         }
     raise ValueError(scn)
 
@@ -208,7 +212,7 @@ def scenario_bytes(scn):
 
 def ceiling():
     """The server's own ceiling for barge's upload path: in-memory parts, no reads."""
-    ok, wall, cpu, rss, err = run_timed([BARGE, "--quiet", "debug", "upload-ceiling", "b:dst/bench/ceiling",
+    ok, wall, cpu, rss, err = run_timed([BARGE, "debug", "upload-ceiling", "b:dst/bench/ceiling",
                                          "--size", str(BIG), "--concurrency", str(CONC)])
     delete_prefix("b", "dst", "bench/ceiling")
     return BIG / wall / MIB if ok else None
@@ -217,10 +221,10 @@ def ceiling():
 def prepare():
     print("bench: preparing data", file=sys.stderr)
     subprocess.run(["head", "-c", str(BIG), "/dev/urandom"], stdout=open(WORK / "big.bin", "wb"), check=True)
-    subprocess.run([BARGE, "--quiet", "cp", str(WORK / "big.bin"), "a:src/bench/big"], env=ENV, check=True)
+    subprocess.run([BARGE, "cp", str(WORK / "big.bin"), "a:src/bench/big", "--quiet"], env=ENV, check=True)
     if "2" in SCENARIOS:
         subprocess.run(["head", "-c", str(HUGE), "/dev/urandom"], stdout=open(WORK / "huge.bin", "wb"), check=True)
-        subprocess.run([BARGE, "--quiet", "cp", str(WORK / "huge.bin"), "a:src/bench/huge"], env=ENV, check=True)
+        subprocess.run([BARGE, "cp", str(WORK / "huge.bin"), "a:src/bench/huge", "--quiet"], env=ENV, check=True)
         (WORK / "huge.bin").unlink()
     if "3" in SCENARIOS:
         d = WORK / "small"
@@ -229,7 +233,7 @@ def prepare():
         for i in range(SMALL_COUNT):
             off = (i * 4099) % (len(blob) - SMALL_SIZE)
             (d / f"f{i:05d}").write_bytes(blob[off : off + SMALL_SIZE])
-        subprocess.run([BARGE, "--quiet", "cp", "-r", str(d), "a:src/bench/small/"], env=ENV, check=True)
+        subprocess.run([BARGE, "cp", "-r", str(d), "a:src/bench/small/", "--quiet"], env=ENV, check=True)
 
 
 def main():
