@@ -239,6 +239,8 @@ def prepare():
 def main():
     global ENV
     ENV = setup_configs()
+    for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        os.environ[k] = ENV[k]
     prepare()
     scns = []
     for s in SCENARIOS:
