@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use barge_engine::EngineError;
 use barge_engine::connections::{ConfigFile, Connections};
-use barge_engine::input::{Filters, ManifestFormat, expand_prefix, parse_manifest, single};
+use barge_engine::input::{Filters, ManifestFormat, list_prefix, parse_manifest, single};
 use barge_engine::journal::{Journal, MemoryJournal, SqlJournal, TransferState};
 use barge_engine::location::Location;
 use barge_engine::report::Summary;
@@ -147,17 +147,17 @@ async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::
     if !a.recursive && (!a.include.is_empty() || !a.exclude.is_empty()) {
         return Err(EngineError::Input("--include and --exclude go with -r".into()).into());
     }
-    let specs = if a.recursive {
+    let (specs, listing) = if a.recursive {
         let filters = Filters::new(&a.include, &a.exclude)?;
         let store = conns.get(&src.conn).await?;
-        let specs = expand_prefix(&src, &dst, store.as_ref(), &filters).await?;
-        if specs.is_empty() {
+        let listing = list_prefix(&src, &dst, store.as_ref(), &filters).await?;
+        if listing.is_empty() {
             return Err(EngineError::Input(format!(
                 "nothing to copy: no object under {src} matches"
             ))
             .into());
         }
-        specs
+        (listing.iter().map(|(s, _)| s.clone()).collect(), listing)
     } else {
         if src.path.key.is_empty() || src.path.key.ends_with('/') {
             return Err(EngineError::Input(format!(
@@ -165,9 +165,9 @@ async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::
             ))
             .into());
         }
-        vec![single(src, dst)]
+        (vec![single(src, dst)], Vec::new())
     };
-    execute(conns, journal, specs, &a.common).await
+    execute(conns, journal, specs, listing, &a.common).await
 }
 
 async fn run_manifest(
@@ -192,13 +192,14 @@ async fn run_manifest(
             EngineError::Input(format!("manifest {} lists no transfers", a.manifest)).into(),
         );
     }
-    execute(conns, journal, specs, &a.common).await
+    execute(conns, journal, specs, Vec::new(), &a.common).await
 }
 
 async fn execute(
     conns: Arc<Connections>,
     journal: JournalArg,
     specs: Vec<barge_engine::input::TransferSpec>,
+    listing: Vec<(barge_engine::input::TransferSpec, barge_store::ObjectMeta)>,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let opts = common.run_options()?;
@@ -211,7 +212,8 @@ async fn execute(
     let progress = Arc::new(Progress::new(common.quiet || common.dry_run));
     let engine = Engine::new(conns, opts)
         .with_observer(progress.clone())
-        .with_journal(journal);
+        .with_journal(journal)
+        .with_listing(listing);
     let cancel = engine.cancel_token();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -340,7 +342,7 @@ async fn resume(
         .map_err(|e| EngineError::Journal(format!("transfer {}: unreadable request: {e}", t.id)))?;
     let mut common = a.common;
     common.delete_source |= request.delete_source;
-    execute(conns, journal, request.transfers, &common).await
+    execute(conns, journal, request.transfers, Vec::new(), &common).await
 }
 
 async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> {

@@ -531,3 +531,52 @@ async fn missing_source_fails_that_file_with_its_name() {
     );
     let _ = Location::local("/");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_small_objects_keep_metadata_without_a_stat_each() {
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("listed");
+    let mut attrs = ObjectAttrs {
+        content_type: Some("text/csv".into()),
+        cache_control: Some("no-cache".into()),
+        ..Default::default()
+    };
+    attrs
+        .user_metadata
+        .insert("source".into(), "listing".into());
+    for i in 0..5 {
+        put(
+            ga.as_ref(),
+            "src",
+            &format!("{p}in/{i}.csv"),
+            data(1000 * i, i as u64),
+            &attrs,
+        )
+        .await;
+    }
+    let src = named("ga", "src", &format!("{p}in"));
+    let dst = named("gb", "dst", &format!("{p}out"));
+    let listing = barge_engine::input::list_prefix(&src, &dst, ga.as_ref(), &Filters::default())
+        .await
+        .expect("list");
+    let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
+    let s = Engine::new(connections(), opts(5))
+        .with_listing(listing)
+        .run(specs)
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    for i in 0..5 {
+        let key = format!("{p}out/{i}.csv");
+        let meta = gb
+            .head(&ObjectPath::new("dst", key.clone()))
+            .await
+            .expect("head");
+        assert_eq!(meta.attrs.content_type, attrs.content_type, "{key}");
+        assert_eq!(meta.attrs.user_metadata, attrs.user_metadata, "{key}");
+        assert_eq!(
+            sha256(&read(gb.as_ref(), "dst", &key).await),
+            sha256(&data(1000 * i, i as u64))
+        );
+    }
+}

@@ -181,6 +181,21 @@ pub async fn expand_prefix(
     src_store: &dyn Store,
     filters: &Filters,
 ) -> Result<Vec<TransferSpec>> {
+    Ok(list_prefix(src, dst, src_store, filters)
+        .await?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect())
+}
+
+/// Like [`expand_prefix`], with what the listing said of each source (size, ETag), which lets
+/// the engine plan small objects without a stat of each.
+pub async fn list_prefix(
+    src: &Location,
+    dst: &Location,
+    src_store: &dyn Store,
+    filters: &Filters,
+) -> Result<Vec<(TransferSpec, barge_store::ObjectMeta)>> {
     let src_dir = as_dir(&src.path.key);
     let dst_dir = as_dir(&dst.path.key);
     let policy = crate::retry::RetryPolicy::default();
@@ -199,10 +214,11 @@ pub async fn expand_prefix(
         if rel.is_empty() || rel.ends_with('/') || !filters.accepts(rel) {
             continue;
         }
-        out.push(TransferSpec {
+        let spec = TransferSpec {
             src: src.with_key(meta.path.key.clone()),
             dst: dst.with_key(format!("{dst_dir}{rel}")),
-        });
+        };
+        out.push((spec, meta));
     }
     Ok(out)
 }

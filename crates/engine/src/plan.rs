@@ -65,6 +65,8 @@ pub struct FilePlan {
     pub strategy: Strategy,
     pub part_size: u64,
     pub part_count: u32,
+    /// Planned from a listing without a stat: the attributes arrive with the object's one GET.
+    pub attrs_pending: bool,
 }
 
 impl FilePlan {

@@ -57,6 +57,8 @@ pub struct Engine {
     cancel: CancellationToken,
     limits: Arc<Limits>,
     parts_reused: std::sync::atomic::AtomicU64,
+    /// What a listing said of sources (size, ETag): small objects are planned without a stat.
+    listing: HashMap<crate::location::Location, barge_store::ObjectMeta>,
 }
 
 /// What the journal keeps of a transfer's request: enough for `barge resume ID`.
@@ -111,11 +113,19 @@ impl Engine {
             cancel: CancellationToken::new(),
             limits,
             parts_reused: 0.into(),
+            listing: HashMap::new(),
         }
     }
 
     pub fn with_observer(mut self, o: Arc<dyn Observer>) -> Self {
         self.observer = o;
+        self
+    }
+
+    /// Sources as a listing described them: small ones are then planned without a stat each
+    /// and read with one GET that also brings their metadata.
+    pub fn with_listing(mut self, metas: Vec<(TransferSpec, barge_store::ObjectMeta)>) -> Self {
+        self.listing = metas.into_iter().map(|(s, m)| (s.src, m)).collect();
         self
     }
 
@@ -133,11 +143,6 @@ impl Engine {
     async fn plan_one(&self, id: usize, spec: &TransferSpec) -> Result<FilePlan> {
         let src = self.conns.get(&spec.src.conn).await?;
         let dst = self.conns.get(&spec.dst.conn).await?;
-        let what = format!("stat of {}", spec.src);
-        let meta = retry(&self.opts.retry, &self.limits.stats, &what, || {
-            src.head(&spec.src.path)
-        })
-        .await?;
         let same_service = matches!(
             (src.service_identity(), dst.service_identity()),
             (Some(a), Some(b)) if a == b
@@ -147,6 +152,31 @@ impl Engine {
             dst_caps: dst.capabilities(),
             same_service,
         };
+        // A small object the listing described needs no stat: its one GET brings the metadata.
+        if let Some(listed) = self.listing.get(&spec.src)
+            && listed.etag.is_some()
+            && !spec.src.is_local()
+            && let Ok((Strategy::SinglePut, part_size, part_count)) =
+                choose(listed.size, &ends, &self.opts.plan)
+        {
+            return Ok(FilePlan {
+                id,
+                src: spec.src.clone(),
+                dst: spec.dst.clone(),
+                size: listed.size,
+                pin: barge_store::Pin::of(listed),
+                attrs: Default::default(),
+                strategy: Strategy::SinglePut,
+                part_size,
+                part_count,
+                attrs_pending: true,
+            });
+        }
+        let what = format!("stat of {}", spec.src);
+        let meta = retry(&self.opts.retry, &self.limits.stats, &what, || {
+            src.head(&spec.src.path)
+        })
+        .await?;
         let (strategy, part_size, part_count) = choose(meta.size, &ends, &self.opts.plan)
             .map_err(|e| EngineError::Input(format!("{}: {e}", spec.src)))?;
         let mut attrs = meta.attrs.clone();
@@ -163,6 +193,7 @@ impl Engine {
             strategy,
             part_size,
             part_count,
+            attrs_pending: false,
         })
     }
 
@@ -402,9 +433,16 @@ impl Engine {
             self.move_multipart(tid, plan, &src, &dst, earlier).await?
         } else {
             let whole = async {
-                let (_, crc) = move_whole(&self.limits, &src, &dst, plan).await?;
+                let (receipt, crc) = move_whole(&self.limits, &src, &dst, plan).await?;
                 self.observer.progress(plan.id, plan.size);
                 let exp = Expected::whole(plan.size, crc);
+                // The store computed the CRC32C of what it stored and answered with it: that is
+                // the check, no stat needed.
+                if let (Some(sent), Some(acked)) = (&exp.crc32c, &receipt.crc32c)
+                    && barge_store::checksum::same_checksum(acked, sent)
+                {
+                    return Ok(Verification::SizeAndCrc32c);
+                }
                 verify(
                     dst.as_ref(),
                     plan,

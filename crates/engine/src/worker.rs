@@ -124,11 +124,37 @@ pub async fn move_whole(
         .acquire_many(Limits::kib(plan.size))
         .await
         .map_err(|_| closed())?;
-    let data = read_range(limits, src.as_ref(), plan, 0, plan.size).await?;
+    let (data, attrs) = if plan.attrs_pending && plan.size > 0 {
+        // One GET brings the bytes and the metadata.
+        let what = format!("read of {}", plan.src);
+        let (meta, data) = retry(&limits.retry, &limits.stats, &what, || {
+            src.get(&plan.src.path, &plan.pin)
+        })
+        .await?;
+        if meta.size != plan.size {
+            return Err(StoreError::SourceChanged {
+                store: src.name().to_string(),
+                path: plan.src.path.to_string(),
+            });
+        }
+        limits.bytes_through.fetch_add(plan.size, Ordering::Relaxed);
+        (data, meta.attrs)
+    } else if plan.attrs_pending {
+        // Empty: a stat is the only way to its metadata.
+        let what = format!("stat of {}", plan.src);
+        let meta = retry(&limits.retry, &limits.stats, &what, || {
+            src.head(&plan.src.path)
+        })
+        .await?;
+        (Bytes::new(), meta.attrs)
+    } else {
+        let data = read_range(limits, src.as_ref(), plan, 0, plan.size).await?;
+        (data, plan.attrs.clone())
+    };
     let crc = crc32c(&data);
     let what = format!("upload of {}", plan.dst);
     let r = retry(&limits.retry, &limits.stats, &what, || {
-        dst.put(&plan.dst.path, data.clone(), &plan.attrs, Some(crc))
+        dst.put(&plan.dst.path, data.clone(), &attrs, Some(crc))
     })
     .await?;
     Ok((r, Some(crc)))

@@ -71,6 +71,19 @@ pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
             "user metadata kept"
         );
     }
+    let (got_meta, whole) = store.get(&path, &Pin::of(&meta)).await.expect("get");
+    assert_eq!(whole, body, "get returns the whole object");
+    assert_eq!(got_meta.size, 1000);
+    if store.capabilities().metadata {
+        assert_eq!(
+            got_meta.attrs.content_type, attrs.content_type,
+            "get brings the metadata"
+        );
+        assert_eq!(
+            got_meta.attrs.user_metadata, attrs.user_metadata,
+            "get brings user metadata"
+        );
+    }
     let part = store
         .get_range(&path, &Pin::of(&meta), 100, 50)
         .await
@@ -130,6 +143,13 @@ pub async fn pinned_reads(store: &dyn Store, bucket: &str, prefix: &str) {
     match store.get_range(&path, &pin, 0, 10).await {
         Err(StoreError::SourceChanged { .. }) => {}
         other => panic!("a read pinned to an old version must fail SourceChanged, got {other:?}"),
+    }
+    match store.get(&path, &pin).await {
+        Err(StoreError::SourceChanged { .. }) => {}
+        other => panic!(
+            "a get pinned to an old version must fail SourceChanged, got {:?}",
+            other.map(|(m, _)| m)
+        ),
     }
 }
 

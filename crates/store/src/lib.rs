@@ -134,6 +134,8 @@ pub struct PendingUpload {
 pub struct PutReceipt {
     pub etag: Option<String>,
     pub version_id: Option<String>,
+    /// The CRC32C the store computed and acknowledged for what it stored, when it says.
+    pub crc32c: Option<String>,
 }
 
 /// Which checksum barge sends with each part.
@@ -211,6 +213,20 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// when the object no longer matches `pin`.
     async fn get_range(&self, path: &ObjectPath, pin: &Pin, offset: u64, len: u64)
     -> Result<Bytes>;
+
+    /// A whole object and its metadata, pinned, in as few requests as the store allows (S3: one
+    /// GET). The default stats, then reads.
+    async fn get(&self, path: &ObjectPath, pin: &Pin) -> Result<(ObjectMeta, Bytes)> {
+        let meta = self.head(path).await?;
+        if pin.etag.is_some() && pin.etag != meta.etag {
+            return Err(StoreError::SourceChanged {
+                store: self.name().to_string(),
+                path: path.to_string(),
+            });
+        }
+        let data = self.get_range(path, pin, 0, meta.size).await?;
+        Ok((meta, data))
+    }
 
     /// Write a whole object in one request.
     async fn put(

@@ -215,6 +215,7 @@ impl SqlJournal {
             strategy: Strategy::parse(&s("strategy")?)?,
             part_size: i("part_size")? as u64,
             part_count: i("part_count")? as u32,
+            attrs_pending: false,
         };
         Ok(FileRecord {
             plan,

@@ -302,6 +302,7 @@ impl Store for MemoryStore {
         Ok(PutReceipt {
             etag: Some(etag),
             version_id: None,
+            crc32c: None,
         })
     }
 
@@ -325,6 +326,7 @@ impl Store for MemoryStore {
         Ok(PutReceipt {
             etag: Some(etag),
             version_id: None,
+            crc32c: None,
         })
     }
 
@@ -477,6 +479,7 @@ impl Store for MemoryStore {
         Ok(PutReceipt {
             etag: Some(etag),
             version_id: None,
+            crc32c: None,
         })
     }
 
