@@ -128,6 +128,13 @@ def py(script, *args):
     return [sys.executable, str(ROOT / "bench" / script), *args]
 
 
+def S5(profile):
+    """s5cmd's flags for one server: its endpoint and the credentials profile."""
+    w = profile.upper()
+    return ["--endpoint-url", E[f"BARGE_TEST_{w}_ENDPOINT"], "--credentials-file",
+            str(WORK / "aws_credentials"), "--profile", profile]
+
+
 def tools_for(scn):
     """(tool name, argv or shell string, is_shell) per scenario; None where the tool cannot."""
     opts = ["--quiet", "--concurrency", str(CONC)]
@@ -153,7 +160,7 @@ def tools_for(scn):
             "barge": lambda d: (bc("cp", "a:src/bench/huge", f"a:dst/{d}/huge"), False),
             "rclone": lambda d: (rc + ["copyto", "A:src/bench/huge", f"A:dst/{d}/huge"], False),
             "aws cli": lambda d: (["aws", "--profile", "a", "s3", "cp", "s3://src/bench/huge", f"s3://dst/{d}/huge"], False),
-            "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_A_ENDPOINT"], "--numworkers", str(CONC),
+            "s5cmd": lambda d: (["s5cmd", *S5("a"), "--numworkers", str(CONC),
                                  "cp", "s3://src/bench/huge", f"s3://dst/{d}/huge"], False),
             "boto3": lambda d: (py("boto3_transfer.py", "copy", "a", "src", "bench/huge", "a", "dst", f"{d}/huge"), False),
             "airflow pattern": lambda d: (py("airflow_replay.py", "a", "src", "bench/huge", "a", "dst", f"{d}/huge"), False),
@@ -174,7 +181,7 @@ def tools_for(scn):
             "barge": lambda d: (bc("cp", local, f"b:dst/{d}/big"), False),
             "rclone": lambda d: (rc + ["copyto", local, f"B:dst/{d}/big"], False),
             "aws cli": lambda d: (["aws", "--profile", "b", "s3", "cp", local, f"s3://dst/{d}/big"], False),
-            "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_B_ENDPOINT"], "cp", "--concurrency", str(CONC),
+            "s5cmd": lambda d: (["s5cmd", *S5("b"), "cp", "--concurrency", str(CONC),
                                  "--part-size", "16", local, f"s3://dst/{d}/big"], False),
             "boto3": lambda d: (py("boto3_transfer.py", "upload", "b", local, "dst", f"{d}/big"), False),
         }
@@ -183,7 +190,7 @@ def tools_for(scn):
             "barge": lambda d: (bc("cp", "a:src/bench/big", down), False),
             "rclone": lambda d: (rc + ["copyto", "A:src/bench/big", down], False),
             "aws cli": lambda d: (["aws", "--profile", "a", "s3", "cp", "s3://src/bench/big", down], False),
-            "s5cmd": lambda d: (["s5cmd", "--endpoint-url", E["BARGE_TEST_A_ENDPOINT"], "cp", "--concurrency", str(CONC),
+            "s5cmd": lambda d: (["s5cmd", *S5("a"), "cp", "--concurrency", str(CONC),
                                  "--part-size", "16", "s3://src/bench/big", down], False),
             "boto3": lambda d: (py("boto3_transfer.py", "download", "a", "src", "bench/big", down), False),
         }
