@@ -14,6 +14,9 @@ use tokio::sync::Semaphore;
 use crate::plan::{FilePlan, Strategy};
 use crate::retry::{RetryPolicy, RetryStats, retry};
 
+/// Memory a streamed part holds at once (its write batch plus chunks in flight).
+const STREAM_BUFFER: u64 = 2 * 1024 * 1024;
+
 /// What every worker shares: the limits on requests and on buffered bytes, and the counters.
 pub struct Limits {
     /// Parts (requests) in flight across all files.
@@ -84,6 +87,27 @@ pub async fn move_part(
                 dst.copy_part(upload, &part, &plan.src.path, &plan.pin)
             })
             .await
+        }
+        _ if dst.capabilities().streams_parts => {
+            // The destination writes chunks as they arrive: no part-sized buffer, one CRC pass.
+            let _mem = limits
+                .memory_kib
+                .acquire_many(Limits::kib(STREAM_BUFFER.min(part.len)))
+                .await
+                .map_err(|_| closed())?;
+            let what = format!(
+                "copy of part {} of {} to {}",
+                part.number, plan.src, plan.dst
+            );
+            let r = retry(&limits.retry, &limits.stats, &what, || async {
+                let chunks = src
+                    .get_range_stream(&plan.src.path, &plan.pin, part.offset, part.len)
+                    .await?;
+                dst.upload_part_stream(upload, &part, chunks).await
+            })
+            .await?;
+            limits.bytes_through.fetch_add(part.len, Ordering::Relaxed);
+            Ok(r)
         }
         _ => {
             let _mem = limits

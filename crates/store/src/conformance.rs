@@ -84,6 +84,19 @@ pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
             "get brings user metadata"
         );
     }
+    let mut streamed = Vec::new();
+    let mut chunks = store
+        .get_range_stream(&path, &Pin::of(&meta), 10, 900)
+        .await
+        .expect("ranged stream");
+    while let Some(c) = futures::StreamExt::next(&mut chunks).await {
+        streamed.extend_from_slice(&c.expect("chunk"));
+    }
+    assert_eq!(
+        streamed,
+        body.slice(10..910),
+        "a ranged stream returns exactly the range"
+    );
     let part = store
         .get_range(&path, &Pin::of(&meta), 100, 50)
         .await
@@ -175,10 +188,30 @@ pub async fn multipart_round_trip(store: &dyn Store, bucket: &str, prefix: &str)
             offset: off,
             len,
         };
-        let r = store
-            .upload_part(&up, &spec, chunk.clone(), Some(crc32c(&chunk)))
-            .await
-            .expect("upload part");
+        let r = if n == 2 {
+            // One part from a stream of small chunks, as downloads write them.
+            let pieces: Vec<crate::Result<Bytes>> = (0..chunk.len())
+                .step_by(7000)
+                .map(|i| Ok(chunk.slice(i..(i + 7000).min(chunk.len()))))
+                .collect();
+            let r = store
+                .upload_part_stream(&up, &spec, Box::pin(futures::stream::iter(pieces)))
+                .await
+                .expect("upload part from a stream");
+            assert_eq!(
+                r.crc32c
+                    .as_deref()
+                    .and_then(crate::checksum::crc32c_from_b64),
+                Some(crc32c(&chunk)),
+                "a streamed part's receipt carries the CRC32C of its bytes"
+            );
+            r
+        } else {
+            store
+                .upload_part(&up, &spec, chunk.clone(), Some(crc32c(&chunk)))
+                .await
+                .expect("upload part")
+        };
         assert_eq!(r.number, n);
         receipts.push(r);
     }

@@ -21,9 +21,13 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
+
+/// Chunks of an object's bytes, as they arrive.
+pub type ByteChunks = BoxStream<'static, Result<Bytes>>;
 
 /// A bucket and a key. For the local file system the bucket is empty and the key is a path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -168,6 +172,9 @@ pub struct Capabilities {
     pub max_object_size: Option<u64>,
     /// `list_parts` reports the parts an upload holds (a file cannot: the journal is the record).
     pub lists_parts: bool,
+    /// `upload_part_stream` writes chunks as they arrive (no part-sized buffer): a file can,
+    /// S3 needs the whole part first to send its checksum.
+    pub streams_parts: bool,
 }
 
 pub const MIB: u64 = 1024 * 1024;
@@ -188,6 +195,7 @@ impl Capabilities {
             max_single_put: 5 * GIB,
             max_object_size: None,
             lists_parts: true,
+            streams_parts: false,
         }
     }
 }
@@ -226,6 +234,37 @@ pub trait Store: Send + Sync + fmt::Debug {
         }
         let data = self.get_range(path, pin, 0, meta.size).await?;
         Ok((meta, data))
+    }
+
+    /// Bytes `[offset, offset + len)` as they arrive, pinned like `get_range`. The default reads
+    /// the whole range first.
+    async fn get_range_stream(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteChunks> {
+        let data = self.get_range(path, pin, offset, len).await?;
+        Ok(Box::pin(futures::stream::once(async move { Ok(data) })))
+    }
+
+    /// Write one part from chunks as they arrive; the receipt carries the CRC32C of what was
+    /// written. The default gathers the part, then uploads it.
+    async fn upload_part_stream(
+        &self,
+        upload: &UploadRef,
+        part: &PartSpec,
+        mut chunks: ByteChunks,
+    ) -> Result<PartReceipt> {
+        use futures::StreamExt;
+        let mut buf = bytes::BytesMut::with_capacity(part.len as usize);
+        while let Some(c) = chunks.next().await {
+            buf.extend_from_slice(&c?);
+        }
+        let data = buf.freeze();
+        let crc = checksum::crc32c(&data);
+        self.upload_part(upload, part, data, Some(crc)).await
     }
 
     /// Write a whole object in one request.

@@ -327,6 +327,63 @@ impl Store for S3Store {
         Ok((meta, data))
     }
 
+    async fn get_range_stream(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+    ) -> Result<crate::ByteChunks> {
+        if len == 0 {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .range(range_header(offset, len))
+            .set_if_match(pin.etag.clone())
+            .set_version_id(pin.version_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("GetObject", path, e))?;
+        let (name, shown) = (self.name.clone(), path.clone());
+        // State: the body and the bytes seen so far; `None` once an error was yielded.
+        let chunks = futures::stream::unfold(Some((out.body, 0u64)), move |state| {
+            let (name, shown) = (name.clone(), shown.clone());
+            async move {
+                let (mut body, seen) = state?;
+                let fail = |detail: String| StoreError::Transient {
+                    store: name.clone(),
+                    op: "GetObject".into(),
+                    detail: format!("{shown}: {detail}"),
+                };
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        let seen = seen + chunk.len() as u64;
+                        if seen > len {
+                            return Some((
+                                Err(fail("the answer is longer than asked".into())),
+                                None,
+                            ));
+                        }
+                        Some((Ok(chunk), Some((body, seen))))
+                    }
+                    Some(Err(e)) => Some((Err(body_error(&name, "GetObject", &shown, &e)), None)),
+                    None if seen < len => Some((
+                        Err(fail(format!(
+                            "the answer ended after {seen} of {len} bytes"
+                        ))),
+                        None,
+                    )),
+                    None => None,
+                }
+            }
+        });
+        Ok(Box::pin(chunks))
+    }
+
     async fn put(
         &self,
         path: &ObjectPath,
