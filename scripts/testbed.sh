@@ -5,6 +5,9 @@
 #   scripts/testbed.sh start     start both servers, create keys and buckets, write .testbed/env
 #   scripts/testbed.sh stop      stop them and delete their data
 #
+# `start` also starts a throwaway PostgreSQL server (initdb into .testbed/pg on a free loopback
+# port, as the postgres user; Debian's packages are installed if missing) for the journal tests.
+#
 # The cache folder is $BARGE_CACHE (default ~/.cache/barge). Keys are random per start and live
 # only in .testbed/env, which is git-ignored.
 set -euo pipefail
@@ -95,7 +98,53 @@ PY
   log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
 }
 
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [[ -x "$d/initdb" ]] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+start_pg() {
+  local bin
+  if ! bin="$(pg_bin)"; then
+    log "installing PostgreSQL from Debian's packages"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+    bin="$(pg_bin)"
+  fi
+  local dir port user=postgres
+  # Outside the work tree: the postgres user may not be able to reach a clone under /root.
+  dir="$(mktemp -d /tmp/barge-pg.XXXXXX)"
+  echo "$dir" >"$BED/pg-dir"
+  port="$(free_port)"
+  id "$user" >/dev/null 2>&1 || useradd --system --no-create-home "$user"
+  chown "$user" "$dir"
+  chmod 700 "$dir"
+  # initdb refuses to run as root: run the throwaway server as the postgres user.
+  runuser -u "$user" -- "$bin/initdb" -D "$dir/data" -A trust -U barge --no-sync >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; exit 1; }
+  runuser -u "$user" -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+    || { cat "$dir/server.log" >&2; exit 1; }
+  runuser -u "$user" -- "$bin/createdb" -h 127.0.0.1 -p "$port" -U barge barge
+  echo "$bin" >"$dir/bin"
+  echo "export BARGE_TEST_PG_URL=postgres://barge@127.0.0.1:$port/barge" >>"$BED/env"
+  log "PostgreSQL on 127.0.0.1:$port"
+}
+
+stop_pg() {
+  [[ -f "$BED/pg-dir" ]] || return 0
+  local dir
+  dir="$(cat "$BED/pg-dir")"
+  if [[ -f "$dir/bin" ]]; then
+    runuser -u postgres -- "$(cat "$dir/bin")/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+
 stop() {
+  stop_pg
   if [[ -d "$BED" ]]; then
     for pidfile in "$BED"/*/pid; do
       [[ -f "$pidfile" ]] || continue
@@ -114,6 +163,7 @@ start() {
   chmod 600 "$BED/env"
   start_one a src dst other
   start_one b dst
+  start_pg
   echo "export BARGE_TESTBED=$BED" >>"$BED/env"
   log "environment written to $BED/env"
 }

@@ -81,6 +81,27 @@ async fn stores() -> (Arc<dyn Store>, Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_transfer_resumes_where_it_stopped() {
+    resumes_where_it_stopped(journal("resume").await).await;
+}
+
+/// The same journal code against PostgreSQL: resume, a changed source, a vanished upload, abort.
+/// One test, run in sequence, so the schema is created once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_journal_behaves_like_sqlite() {
+    let url = std::env::var("BARGE_TEST_PG_URL")
+        .expect("BARGE_TEST_PG_URL is not set: run the tests with scripts/test.sh");
+    let j = Arc::new(
+        SqlJournal::open(&url)
+            .await
+            .expect("open the PostgreSQL journal"),
+    );
+    resumes_where_it_stopped(j.clone()).await;
+    changed_source_is_reported(j.clone()).await;
+    vanished_upload_starts_over(j.clone()).await;
+    abort_discards(j).await;
+}
+
+async fn resumes_where_it_stopped(j: Arc<SqlJournal>) {
     let (ga, gb) = stores().await;
     let p = prefix("resume");
     let size = 40 * MIB + 123; // 9 parts of 5 MiB
@@ -97,7 +118,6 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
         src: named("ga", "src", &format!("{p}big")),
         dst: named("gb", "dst", &format!("{p}big")),
     }];
-    let j = journal("resume").await;
     let first = interrupted_run(&j, specs.clone(), 3).await;
     assert_eq!(first.files[0].status, Status::Cancelled, "{first:#?}");
     let tid = first.transfer_id.clone().expect("transfer id");
@@ -141,6 +161,10 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_changed_between_runs_is_reported_not_spliced() {
+    changed_source_is_reported(journal("resume-changed").await).await;
+}
+
+async fn changed_source_is_reported(j: Arc<SqlJournal>) {
     let (ga, gb) = stores().await;
     let p = prefix("resume-changed");
     put(
@@ -155,7 +179,6 @@ async fn a_source_changed_between_runs_is_reported_not_spliced() {
         src: named("ga", "src", &format!("{p}f")),
         dst: named("gb", "dst", &format!("{p}f")),
     }];
-    let j = journal("resume-changed").await;
     interrupted_run(&j, specs.clone(), 2).await;
     put(
         ga.as_ref(),
@@ -198,6 +221,10 @@ async fn a_source_changed_between_runs_is_reported_not_spliced() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vanished_upload_starts_that_file_over() {
+    vanished_upload_starts_over(journal("resume-gone").await).await;
+}
+
+async fn vanished_upload_starts_over(j: Arc<SqlJournal>) {
     let (ga, gb) = stores().await;
     let p = prefix("resume-gone");
     put(
@@ -212,7 +239,6 @@ async fn a_vanished_upload_starts_that_file_over() {
         src: named("ga", "src", &format!("{p}f")),
         dst: named("gb", "dst", &format!("{p}f")),
     }];
-    let j = journal("resume-gone").await;
     let first = interrupted_run(&j, specs.clone(), 2).await;
     let tid = first.transfer_id.expect("id");
     let files = j.files(&tid).await.expect("files");
@@ -240,6 +266,10 @@ async fn a_vanished_upload_starts_that_file_over() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn abort_discards_a_kept_upload() {
+    abort_discards(journal("abort").await).await;
+}
+
+async fn abort_discards(j: Arc<SqlJournal>) {
     let (ga, gb) = stores().await;
     let p = prefix("abort");
     put(
@@ -254,7 +284,6 @@ async fn abort_discards_a_kept_upload() {
         src: named("ga", "src", &format!("{p}f")),
         dst: named("gb", "dst", &format!("{p}f")),
     }];
-    let j = journal("abort").await;
     let first = interrupted_run(&j, specs, 2).await;
     let tid = first.transfer_id.expect("id");
     assert_eq!(gb.list_uploads("dst", &p).await.expect("list").len(), 1);
