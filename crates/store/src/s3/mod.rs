@@ -255,47 +255,15 @@ impl Store for S3Store {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&path.bucket)
-            .key(&path.key)
-            .range(range_header(offset, len))
-            .set_if_match(pin.etag.clone())
-            .set_version_id(pin.version_id.clone())
-            .send()
-            .await
-            .map_err(|e| self.err("GetObject", path, e))?;
         // Copy the body's chunks straight into one buffer of the part's size: no second copy,
-        // so buffered data stays within the memory budget the engine reserved for it.
-        let mut body = out.body;
+        // so buffered data stays within the memory budget the engine reserved for it. The
+        // stream checks the length.
+        let mut chunks = self.get_range_stream(path, pin, offset, len).await?;
         let mut buf = BytesMut::with_capacity(len as usize);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| body_error(&self.name, "GetObject", path, &e))?;
-            if (buf.len() + chunk.len()) as u64 > len {
-                return Err(StoreError::Transient {
-                    store: self.name.clone(),
-                    op: "GetObject".into(),
-                    detail: format!("{path}: the answer is longer than the {len} bytes asked for"),
-                });
-            }
-            buf.extend_from_slice(&chunk);
+        while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+            buf.extend_from_slice(&chunk?);
         }
-        let data = buf.freeze();
-        if data.len() as u64 != len {
-            return Err(StoreError::Transient {
-                store: self.name.clone(),
-                op: "GetObject".into(),
-                detail: format!(
-                    "{path}: asked for {len} bytes at offset {offset}, got {}",
-                    data.len()
-                ),
-            });
-        }
-        Ok(data)
+        Ok(buf.freeze())
     }
 
     async fn get(&self, path: &ObjectPath, pin: &Pin) -> Result<(ObjectMeta, Bytes)> {
