@@ -371,10 +371,6 @@ impl Engine {
         let secs = t0.elapsed().as_secs_f64();
         let out = match result {
             Ok(done) => {
-                let _ = self
-                    .journal
-                    .file_state(tid, plan.id, FileState::Completed, None)
-                    .await;
                 let mut o = outcome(plan, Status::Ok, Some(done.verified), None, secs);
                 o.source_deleted = done.source_deleted;
                 o
@@ -457,6 +453,11 @@ impl Engine {
                 _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
             }
         };
+        // Recorded as done before the source goes: a crash between the two must not leave a
+        // journal that sends a resume looking for a source that is already deleted.
+        self.journal
+            .file_state(tid, plan.id, FileState::Completed, None)
+            .await?;
         let source_deleted = if self.opts.delete_source {
             self.delete_source(plan, &src).await?;
             true
