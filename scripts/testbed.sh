@@ -106,6 +106,14 @@ pg_bin() {
   return 1
 }
 
+as_pg() {
+  if [[ $EUID -eq 0 ]]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
 start_pg() {
   local bin
   if ! bin="$(pg_bin)"; then
@@ -118,16 +126,18 @@ start_pg() {
   dir="$(mktemp -d /tmp/barge-pg.XXXXXX)"
   echo "$dir" >"$BED/pg-dir"
   port="$(free_port)"
-  id "$user" >/dev/null 2>&1 || useradd --system --no-create-home "$user"
-  chown "$user" "$dir"
   chmod 700 "$dir"
-  # initdb refuses to run as root: run the throwaway server as the postgres user.
-  runuser -u "$user" -- "$bin/initdb" -D "$dir/data" -A trust -U barge --no-sync >"$dir/initdb.log" 2>&1 \
+  if [[ $EUID -eq 0 ]]; then
+    id "$user" >/dev/null 2>&1 || useradd --system --no-create-home "$user"
+    chown "$user" "$dir"
+  fi
+  # initdb refuses to run as root: as root, run the throwaway server as the postgres user.
+  as_pg "$bin/initdb" -D "$dir/data" -A trust -U barge --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  runuser -u "$user" -- "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
-  runuser -u "$user" -- "$bin/createdb" -h 127.0.0.1 -p "$port" -U barge barge
+  as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U barge barge
   echo "$bin" >"$dir/bin"
   echo "export BARGE_TEST_PG_URL=postgres://barge@127.0.0.1:$port/barge" >>"$BED/env"
   log "PostgreSQL on 127.0.0.1:$port"
@@ -138,7 +148,7 @@ stop_pg() {
   local dir
   dir="$(cat "$BED/pg-dir")"
   if [[ -f "$dir/bin" ]]; then
-    runuser -u postgres -- "$(cat "$dir/bin")/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    as_pg "$(cat "$dir/bin")/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
   fi
   rm -rf "$dir"
 }
@@ -163,7 +173,10 @@ start() {
   chmod 600 "$BED/env"
   start_one a src dst other
   start_one b dst
-  start_pg
+  # BARGE_TESTBED_PG=0 skips PostgreSQL (the demo does not need it).
+  if [[ "${BARGE_TESTBED_PG:-1}" != 0 ]]; then
+    start_pg
+  fi
   echo "export BARGE_TESTBED=$BED" >>"$BED/env"
   log "environment written to $BED/env"
 }
