@@ -26,6 +26,12 @@ pub struct Limits {
     pub retry: RetryPolicy,
     pub stats: RetryStats,
     pub bytes_through: AtomicU64,
+    /// Part buffers handed back after their upload, reused by the next reads: no fresh
+    /// allocation (and page faults) per part, and resident memory stays near the live buffers.
+    /// Idle buffers are not counted by `memory_kib`: the pool keeps at most a quarter of the
+    /// budget, so in-flight plus idle stays within the budget plus a small constant.
+    pool: std::sync::Mutex<Vec<bytes::BytesMut>>,
+    pool_max_bytes: usize,
 }
 
 impl Limits {
@@ -37,6 +43,27 @@ impl Limits {
             retry,
             stats: RetryStats::default(),
             bytes_through: AtomicU64::new(0),
+            pool: std::sync::Mutex::new(Vec::new()),
+            pool_max_bytes: (max_memory / 4) as usize,
+        }
+    }
+
+    fn take_buffer(&self) -> bytes::BytesMut {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Give a part's bytes back for reuse, if nothing else still holds them.
+    fn give_back(&self, data: Bytes) {
+        if let Ok(buf) = data.try_into_mut() {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let pooled: usize = pool.iter().map(|b| b.capacity()).sum();
+            if pooled + buf.capacity() <= self.pool_max_bytes {
+                pool.push(buf);
+            }
         }
     }
 
@@ -63,7 +90,7 @@ async fn read_range(
 ) -> Result<Bytes, StoreError> {
     let what = format!("read of {} bytes {offset}+{len}", plan.src);
     let data = retry(&limits.retry, &limits.stats, &what, || {
-        src.get_range(&plan.src.path, &plan.pin, offset, len)
+        src.get_range_into(&plan.src.path, &plan.pin, offset, len, limits.take_buffer())
     })
     .await?;
     limits.bytes_through.fetch_add(len, Ordering::Relaxed);
@@ -118,10 +145,12 @@ pub async fn move_part(
             let data = read_range(limits, src.as_ref(), plan, part.offset, part.len).await?;
             let crc = crc32c(&data);
             let what = format!("upload of part {} of {}", part.number, plan.dst);
-            retry(&limits.retry, &limits.stats, &what, || {
+            let r = retry(&limits.retry, &limits.stats, &what, || {
                 dst.upload_part(upload, &part, data.clone(), Some(crc))
             })
-            .await
+            .await;
+            limits.give_back(data);
+            r
         }
     }
 }

@@ -236,6 +236,18 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok((meta, data))
     }
 
+    /// Like `get_range`, reading into `buf` (a reused part buffer) where the backend can.
+    async fn get_range_into(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+        _buf: bytes::BytesMut,
+    ) -> Result<Bytes> {
+        self.get_range(path, pin, offset, len).await
+    }
+
     /// Bytes `[offset, offset + len)` as they arrive, pinned like `get_range`. The default reads
     /// the whole range first.
     async fn get_range_stream(

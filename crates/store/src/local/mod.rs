@@ -200,6 +200,18 @@ impl Store for LocalStore {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
+        self.get_range_into(path, pin, offset, len, bytes::BytesMut::new())
+            .await
+    }
+
+    async fn get_range_into(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+        mut buf: bytes::BytesMut,
+    ) -> Result<Bytes> {
         let key = path.key.clone();
         let pin = pin.clone();
         blocking(move || {
@@ -219,7 +231,8 @@ impl Store for LocalStore {
                 Ok(())
             };
             check(&f)?;
-            let mut buf = vec![0u8; len as usize];
+            buf.clear();
+            buf.resize(len as usize, 0);
             f.read_exact_at(&mut buf, offset).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     StoreError::SourceChanged {
@@ -232,7 +245,7 @@ impl Store for LocalStore {
             })?;
             // The file may have been rewritten while it was read.
             check(&f)?;
-            Ok(Bytes::from(buf))
+            Ok(buf.freeze())
         })
         .await
     }

@@ -258,8 +258,21 @@ impl Store for S3Store {
         // Copy the body's chunks straight into one buffer of the part's size: no second copy,
         // so buffered data stays within the memory budget the engine reserved for it. The
         // stream checks the length.
+        self.get_range_into(path, pin, offset, len, BytesMut::new())
+            .await
+    }
+
+    async fn get_range_into(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+        offset: u64,
+        len: u64,
+        mut buf: BytesMut,
+    ) -> Result<Bytes> {
+        buf.clear();
+        buf.reserve(len as usize);
         let mut chunks = self.get_range_stream(path, pin, offset, len).await?;
-        let mut buf = BytesMut::with_capacity(len as usize);
         while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
             buf.extend_from_slice(&chunk?);
         }
