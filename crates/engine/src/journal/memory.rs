@@ -6,10 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use barge_store::PartReceipt;
 
-use super::{
-    FileId, FileRecord, FileState, FileStatus, Journal, TransferRecord, TransferState, now,
-    status_of,
-};
+use super::{FileId, FileRecord, FileState, Journal, TransferRecord, TransferState, now};
 use crate::error::Result;
 use crate::plan::FilePlan;
 
@@ -162,18 +159,5 @@ impl Journal for MemoryJournal {
             r.error = error.map(str::to_string);
         }
         Ok(())
-    }
-
-    async fn status(&self, transfer: &str) -> Result<Vec<FileStatus>> {
-        let files = self.files(transfer).await?;
-        let mut out = Vec::new();
-        for f in &files {
-            let receipts = match &f.upload_id {
-                Some(u) => self.receipts(transfer, f.plan.id, u).await?,
-                None => Vec::new(),
-            };
-            out.push(status_of(f, &receipts));
-        }
-        Ok(out)
     }
 }

@@ -155,7 +155,23 @@ pub trait Journal: Send + Sync {
         state: FileState,
         error: Option<&str>,
     ) -> Result<()>;
-    async fn status(&self, transfer: &str) -> Result<Vec<FileStatus>>;
+
+    /// Per-file progress for `barge status`, from `files` and `receipts`.
+    async fn status(&self, transfer: &str) -> Result<Vec<FileStatus>> {
+        let files = self.files(transfer).await?;
+        let mut out = Vec::with_capacity(files.len());
+        for f in &files {
+            // A completed file counts as whole: its receipts need not be read.
+            let receipts = match &f.upload_id {
+                Some(u) if f.state != FileState::Completed => {
+                    self.receipts(transfer, f.plan.id, u).await?
+                }
+                _ => Vec::new(),
+            };
+            out.push(status_of(f, &receipts));
+        }
+        Ok(out)
+    }
 }
 
 /// How a connection is written in the journal.

@@ -9,8 +9,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::{
-    FileId, FileRecord, FileState, FileStatus, Journal, TransferRecord, TransferState, conn_to_str,
-    location, now, status_of,
+    FileId, FileRecord, FileState, Journal, TransferRecord, TransferState, conn_to_str, location,
+    now,
 };
 use crate::error::{EngineError, Result};
 use crate::plan::{FilePlan, Strategy};
@@ -441,21 +441,6 @@ impl Journal for SqlJournal {
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
-    }
-
-    async fn status(&self, transfer: &str) -> Result<Vec<FileStatus>> {
-        let files = self.files(transfer).await?;
-        let mut out = Vec::with_capacity(files.len());
-        for f in &files {
-            let receipts = match &f.upload_id {
-                Some(u) if f.state != FileState::Completed => {
-                    self.receipts(transfer, f.plan.id, u).await?
-                }
-                _ => Vec::new(),
-            };
-            out.push(status_of(f, &receipts));
-        }
-        Ok(out)
     }
 }
 
