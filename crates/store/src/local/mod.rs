@@ -134,6 +134,21 @@ fn walk(dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Open an upload's temporary file for writing; a missing one means the upload is gone.
+fn open_upload(tmp: &Path, upload: &UploadRef) -> Result<File> {
+    OpenOptions::new().write(true).open(tmp).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NoSuchUpload {
+                store: "local".into(),
+                path: upload.path.key.clone(),
+                upload_id: upload.upload_id.clone(),
+            }
+        } else {
+            StoreError::io(&upload.path.key, e)
+        }
+    })
+}
+
 fn write_new(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = tmp.parent() {
         fs::create_dir_all(parent)?;
@@ -309,17 +324,7 @@ impl Store for LocalStore {
         let upload = upload.clone();
         let part = *part;
         blocking(move || {
-            let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    StoreError::NoSuchUpload {
-                        store: "local".into(),
-                        path: upload.path.key.clone(),
-                        upload_id: upload.upload_id.clone(),
-                    }
-                } else {
-                    StoreError::io(&upload.path.key, e)
-                }
-            })?;
+            let f = open_upload(&tmp, &upload)?;
             let crc = crate::checksum::crc32c(&data);
             if crc32c.is_some_and(|c| c != crc) {
                 return Err(StoreError::Permanent {
@@ -353,20 +358,7 @@ impl Store for LocalStore {
         const BATCH: usize = 1024 * 1024;
         let tmp = tmp_path(Path::new(&upload.path.key), &upload.upload_id);
         let up = upload.clone();
-        let file = blocking(move || {
-            OpenOptions::new().write(true).open(&tmp).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    StoreError::NoSuchUpload {
-                        store: "local".into(),
-                        path: up.path.key.clone(),
-                        upload_id: up.upload_id.clone(),
-                    }
-                } else {
-                    StoreError::io(&up.path.key, e)
-                }
-            })
-        })
-        .await?;
+        let file = blocking(move || open_upload(&tmp, &up)).await?;
         let file = std::sync::Arc::new(file);
         // Chunks arrive small: gather about a megabyte (cache-hot), then write it at its offset.
         let mut crc = 0u32;
@@ -425,17 +417,7 @@ impl Store for LocalStore {
         let upload = upload.clone();
         blocking(move || {
             let key = &upload.path.key;
-            let f = OpenOptions::new().write(true).open(&tmp).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    StoreError::NoSuchUpload {
-                        store: "local".into(),
-                        path: key.clone(),
-                        upload_id: upload.upload_id.clone(),
-                    }
-                } else {
-                    StoreError::io(key, e)
-                }
-            })?;
+            let f = open_upload(&tmp, &upload)?;
             f.set_len(expected).map_err(|e| StoreError::io(key, e))?;
             f.sync_all().map_err(|e| StoreError::io(key, e))?;
             fs::rename(&tmp, &dest).map_err(|e| StoreError::io(key, e))?;
