@@ -13,19 +13,7 @@ WORK="$(mktemp -d)"
 trap 'scripts/testbed.sh stop; rm -rf "$WORK"' EXIT
 # shellcheck disable=SC1091
 source .testbed/env
-cat >"$WORK/config.toml" <<CFG
-[connections.a]
-endpoint = "$BARGE_TEST_A_ENDPOINT"
-region = "us-east-1"
-access_key_id_env = "BARGE_TEST_A_KEY_ID"
-secret_access_key_env = "BARGE_TEST_A_SECRET"
-
-[connections.b]
-endpoint = "$BARGE_TEST_B_ENDPOINT"
-region = "us-east-1"
-access_key_id_env = "BARGE_TEST_B_KEY_ID"
-secret_access_key_env = "BARGE_TEST_B_SECRET"
-CFG
+scripts/testbed.sh barge-config >"$WORK/config.toml"
 export BARGE_CONFIG="$WORK/config.toml" BARGE_JOURNAL="$WORK/journal.sqlite"
 B="$ROOT/target/release/barge"
 bytes="$(python3 -c "import sys; s=sys.argv[1]; print(int(float(s[:-3])*{'KiB':1<<10,'MiB':1<<20,'GiB':1<<30}[s[-3:]]))" "$SIZE")"

@@ -21,19 +21,7 @@ BARGE="$ROOT/target/release/barge"
 
 WORK="$(mktemp -d)"
 trap 'scripts/testbed.sh stop; rm -rf "$WORK"' EXIT
-cat >"$WORK/config.toml" <<CFG
-[connections.a]
-endpoint = "$BARGE_TEST_A_ENDPOINT"
-region = "us-east-1"
-access_key_id_env = "BARGE_TEST_A_KEY_ID"
-secret_access_key_env = "BARGE_TEST_A_SECRET"
-
-[connections.b]
-endpoint = "$BARGE_TEST_B_ENDPOINT"
-region = "us-east-1"
-access_key_id_env = "BARGE_TEST_B_KEY_ID"
-secret_access_key_env = "BARGE_TEST_B_SECRET"
-CFG
+scripts/testbed.sh barge-config >"$WORK/config.toml"
 export BARGE_CONFIG="$WORK/config.toml"
 
 bytes="$(python3 -c "

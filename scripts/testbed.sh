@@ -4,6 +4,7 @@
 #   scripts/testbed.sh install   build Garage once into the cache folder (reused afterwards)
 #   scripts/testbed.sh start     start both servers, create keys and buckets, write .testbed/env
 #   scripts/testbed.sh stop      stop them and delete their data
+#   scripts/testbed.sh barge-config   print a barge config naming the running servers a and b
 #
 # `start` also starts a throwaway PostgreSQL server (initdb into .testbed/pg on a free loopback
 # port, as the postgres user; Debian's packages are installed if missing) for the journal tests.
@@ -181,9 +182,22 @@ start() {
   log "environment written to $BED/env"
 }
 
+barge_config() {
+  # shellcheck disable=SC1091
+  source "$BED/env"
+  local name up ep_var
+  for name in a b; do
+    up="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+    ep_var="BARGE_TEST_${up}_ENDPOINT"
+    printf '[connections.%s]\nendpoint = "%s"\nregion = "us-east-1"\n' "$name" "${!ep_var}"
+    printf 'access_key_id_env = "BARGE_TEST_%s_KEY_ID"\nsecret_access_key_env = "BARGE_TEST_%s_SECRET"\n\n' "$up" "$up"
+  done
+}
+
 case "${1:-}" in
   install) install_garage; echo "$GARAGE" ;;
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+  barge-config) barge_config ;;
+  *) echo "usage: $0 install|start|stop|barge-config" >&2; exit 2 ;;
 esac
