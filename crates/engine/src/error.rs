@@ -17,6 +17,19 @@ pub enum EngineError {
     /// The journal cannot be opened, read or written.
     #[error("{0}")]
     Journal(String),
+    /// The journal's server cannot be reached right now (restarting, network): worth waiting for.
+    #[error("{0}")]
+    JournalUnavailable(String),
     #[error("cancelled")]
     Cancelled,
+}
+
+impl EngineError {
+    /// The journal failed (unwritable, unreadable or unreachable).
+    pub fn is_journal(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Journal(_) | EngineError::JournalUnavailable(_)
+        )
+    }
 }

@@ -3,8 +3,10 @@
 //! [`input`] (what to move) → [`connections`] (where, with which credentials) → [`plan`]
 //! (strategy and part size per file) → [`journal`] (the record of every file and part) →
 //! [`worker`] (move parts, return receipts) → [`finalize`] (complete, verify, delete the exact
-//! source) → [`report`] (progress and summary). [`run`] drives the stages.
+//! source) → [`report`] (progress and summary). [`run`] drives the stages in one process;
+//! [`cluster`] lets many worker processes share them through the SQL journal's work queue.
 
+pub mod cluster;
 pub mod connections;
 mod error;
 pub mod finalize;

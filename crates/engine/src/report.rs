@@ -43,6 +43,9 @@ pub enum Verification {
     SizeOnly,
     /// Completed and verified by an earlier run of the same transfer.
     Earlier,
+    /// Completed and verified by the worker that finalized it (size, and the CRC32C wherever
+    /// the store reports one; the worker's log has the detail).
+    ByWorker,
     NotVerified,
 }
 

@@ -66,6 +66,11 @@ pub struct Engine {
 pub struct TransferRequest {
     pub transfers: Vec<TransferSpec>,
     pub delete_source: bool,
+    /// Part sizes asked for at submission (workers plan with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_part_size: Option<u64>,
 }
 
 /// "The same command": a hash of the source/destination pairs.
@@ -129,6 +134,17 @@ impl Engine {
         self
     }
 
+    /// Share request and memory limits (and counters) with other engines in this process: a
+    /// worker runs one engine per transfer under one budget.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn options(&self) -> &RunOptions {
+        &self.opts
+    }
+
     pub fn with_journal(mut self, j: Arc<dyn Journal>) -> Self {
         self.journal = j;
         self
@@ -140,7 +156,7 @@ impl Engine {
     }
 
     /// Stat one source and plan its transfer.
-    async fn plan_one(&self, id: usize, spec: &TransferSpec) -> Result<FilePlan> {
+    pub(crate) async fn plan_one(&self, id: usize, spec: &TransferSpec) -> Result<FilePlan> {
         let src = self.conns.get(&spec.src.conn).await?;
         let dst = self.conns.get(&spec.dst.conn).await?;
         let same_service = matches!(
@@ -251,6 +267,8 @@ impl Engine {
                 let request = TransferRequest {
                     transfers: specs.clone(),
                     delete_source: self.opts.delete_source,
+                    part_size: None,
+                    copy_part_size: None,
                 };
                 let spec = serde_json::to_string(&request).map_err(|e| {
                     EngineError::Journal(format!("cannot record the transfer: {e}"))
@@ -377,7 +395,7 @@ impl Engine {
             }
             Err(e) => {
                 let msg = e.to_string();
-                if let EngineError::Journal(_) = e {
+                if e.is_journal() {
                     // Without a record nothing can go on safely: stop, keep what is resumable.
                     self.cancel.cancel();
                 }
@@ -392,7 +410,7 @@ impl Engine {
                         tracing::error!("{e}");
                     }
                 }
-                let status = if matches!(e, EngineError::Cancelled | EngineError::Journal(_)) {
+                let status = if matches!(e, EngineError::Cancelled) || e.is_journal() {
                     Status::Cancelled
                 } else {
                     Status::Failed
@@ -414,7 +432,7 @@ impl Engine {
     /// A cancelled run, or one whose journal failed, keeps its uploads when the journal is
     /// durable: running the same command again continues them.
     fn keeps_upload(&self, e: &EngineError) -> bool {
-        self.journal.durable() && matches!(e, EngineError::Cancelled | EngineError::Journal(_))
+        self.journal.durable() && (matches!(e, EngineError::Cancelled) || e.is_journal())
     }
 
     async fn move_file(&self, tid: &str, work: &Work) -> Result<Done> {
@@ -428,26 +446,7 @@ impl Engine {
             };
             self.move_multipart(tid, plan, &src, &dst, earlier).await?
         } else {
-            let whole = async {
-                let (receipt, crc) = move_whole(&self.limits, &src, &dst, plan).await?;
-                self.observer.progress(plan.id, plan.size);
-                let exp = Expected::whole(plan.size, crc);
-                // The store computed the CRC32C of what it stored and answered with it: that is
-                // the check, no stat needed.
-                if let (Some(sent), Some(acked)) = (&exp.crc32c, &receipt.crc32c)
-                    && barge_store::checksum::same_checksum(acked, sent)
-                {
-                    return Ok(Verification::SizeAndCrc32c);
-                }
-                verify(
-                    dst.as_ref(),
-                    plan,
-                    &exp,
-                    &self.opts.retry,
-                    &self.limits.stats,
-                )
-                .await
-            };
+            let whole = self.move_whole_verified(plan, &src, &dst);
             tokio::select! {
                 r = whole => r?,
                 _ = self.cancel.cancelled() => return Err(EngineError::Cancelled),
@@ -468,6 +467,33 @@ impl Engine {
             verified,
             source_deleted,
         })
+    }
+
+    /// Move a single-request file (single PUT or server-side copy) and verify it.
+    pub(crate) async fn move_whole_verified(
+        &self,
+        plan: &FilePlan,
+        src: &Arc<dyn Store>,
+        dst: &Arc<dyn Store>,
+    ) -> Result<Verification> {
+        let (receipt, crc) = move_whole(&self.limits, src, dst, plan).await?;
+        self.observer.progress(plan.id, plan.size);
+        let exp = Expected::whole(plan.size, crc);
+        // The store computed the CRC32C of what it stored and answered with it: that is the
+        // check, no stat needed.
+        if let (Some(sent), Some(acked)) = (&exp.crc32c, &receipt.crc32c)
+            && barge_store::checksum::same_checksum(acked, sent)
+        {
+            return Ok(Verification::SizeAndCrc32c);
+        }
+        verify(
+            dst.as_ref(),
+            plan,
+            &exp,
+            &self.opts.retry,
+            &self.limits.stats,
+        )
+        .await
     }
 
     async fn start_upload(
@@ -659,7 +685,7 @@ impl Engine {
         .await
     }
 
-    async fn abort(&self, dst: &dyn Store, upload: &UploadRef) {
+    pub(crate) async fn abort(&self, dst: &dyn Store, upload: &UploadRef) {
         let what = format!("abort of upload {} of {}", upload.upload_id, upload.path);
         if let Err(e) = retry(&self.opts.retry, &self.limits.stats, &what, || {
             dst.abort_upload(upload)
@@ -675,7 +701,7 @@ impl Engine {
     }
 
     /// Delete exactly the planned source key (and version), after verification.
-    async fn delete_source(&self, plan: &FilePlan, src: &Arc<dyn Store>) -> Result<()> {
+    pub(crate) async fn delete_source(&self, plan: &FilePlan, src: &Arc<dyn Store>) -> Result<()> {
         let what = format!("delete of {}", plan.src);
         retry(&self.opts.retry, &self.limits.stats, &what, || {
             src.delete(&plan.src.path, plan.pin.version_id.as_deref())

@@ -9,6 +9,7 @@
 //! The journal stores connection names, never credentials.
 
 pub mod memory;
+pub mod queue;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -27,6 +28,8 @@ pub type FileId = usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileState {
+    /// Submitted, not yet planned: a worker will stat the source and plan it.
+    Pending,
     Planned,
     Uploading,
     Completed,
@@ -64,7 +67,7 @@ macro_rules! str_enum {
     };
 }
 
-str_enum!(FileState { Planned = "planned", Uploading = "uploading", Completed = "completed", Failed = "failed" });
+str_enum!(FileState { Pending = "pending", Planned = "planned", Uploading = "uploading", Completed = "completed", Failed = "failed" });
 str_enum!(TransferState { Running = "running", Interrupted = "interrupted", Done = "done", Failed = "failed", Aborted = "aborted" });
 str_enum!(Strategy { SinglePut = "single-put", ServerCopy = "server-copy", ServerPartCopy = "server-part-copy", StreamParts = "stream-parts" });
 

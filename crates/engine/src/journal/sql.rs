@@ -58,14 +58,39 @@ const SCHEMA: &[&str] = &[
         crc32c TEXT,
         PRIMARY KEY (transfer_id, file_id, upload_id, number)
     )",
+    // Work for workers (see queue.rs): one row per file-level task ('plan', 'finalize', with
+    // number 0) and per part ('part'), claimed under a lease.
+    "CREATE TABLE IF NOT EXISTS barge_work (
+        transfer_id TEXT NOT NULL,
+        file_id BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT,
+        lease_until BIGINT NOT NULL DEFAULT 0,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (transfer_id, file_id, kind, number)
+    )",
+    "CREATE INDEX IF NOT EXISTS barge_work_ready ON barge_work (queue, state, kind, transfer_id, file_id, number)",
+    "CREATE INDEX IF NOT EXISTS barge_work_owner ON barge_work (owner, state)",
+    // Destinations of submitted transfers whose files are not finished: a second submission to
+    // the same destination is refused by the primary key, race-free across machines.
+    "CREATE TABLE IF NOT EXISTS barge_destinations (
+        dst TEXT PRIMARY KEY,
+        transfer_id TEXT NOT NULL,
+        file_id BIGINT NOT NULL
+    )",
 ];
 
 const TRANSFER_COLS: &str = "id, fingerprint, created_at, updated_at, state, spec";
-const FILE_COLS: &str = "file_id, src_conn, src_bucket, src_key, dst_conn, dst_bucket, dst_key, \
+pub(super) const FILE_COLS: &str = "file_id, src_conn, src_bucket, src_key, dst_conn, dst_bucket, dst_key, \
      size, etag, version_id, attrs, strategy, part_size, part_count, upload_id, state, error";
 
 pub struct SqlJournal {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
+    /// PostgreSQL (else SQLite): the few statements that differ ask this.
+    pub(super) pg: bool,
     /// What to call it in messages: the file path, or the URL without its password.
     shown: String,
 }
@@ -126,7 +151,8 @@ impl SqlJournal {
         let pool = AnyPoolOptions::new()
             // SQLite has one writer: one connection serialises writes without busy errors.
             .max_connections(if sqlite { 1 } else { 8 })
-            .acquire_timeout(std::time::Duration::from_secs(60))
+            // Short on PostgreSQL: a worker whose server restarts waits in its own retry loop.
+            .acquire_timeout(std::time::Duration::from_secs(if sqlite { 60 } else { 5 }))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if sqlite {
@@ -148,7 +174,11 @@ impl SqlJournal {
                     "cannot open the journal {shown}: {e} (choose another with --journal PATH)"
                 ))
             })?;
-        let j = Self { pool, shown };
+        let j = Self {
+            pool,
+            pg: is_pg,
+            shown,
+        };
         for stmt in SCHEMA {
             sqlx::query(*stmt)
                 .execute(&j.pool)
@@ -177,8 +207,13 @@ impl SqlJournal {
         &self.shown
     }
 
-    fn err(&self, e: sqlx::Error) -> EngineError {
-        EngineError::Journal(format!("journal {}: {e}", self.shown))
+    pub(super) fn err(&self, e: sqlx::Error) -> EngineError {
+        let msg = format!("journal {}: {e}", self.shown);
+        if unavailable(&e) {
+            EngineError::JournalUnavailable(msg)
+        } else {
+            EngineError::Journal(msg)
+        }
     }
 
     fn transfer_row(&self, r: &AnyRow) -> Result<TransferRecord> {
@@ -193,7 +228,7 @@ impl SqlJournal {
         })
     }
 
-    fn file_row(&self, r: &AnyRow) -> Result<FileRecord> {
+    pub(super) fn file_row(&self, r: &AnyRow) -> Result<FileRecord> {
         let g = |e: sqlx::Error| self.err(e);
         let s = |name: &str| -> Result<String> { r.try_get::<String, _>(name).map_err(g) };
         let o = |name: &str| -> Result<Option<String>> {
@@ -428,6 +463,7 @@ impl Journal for SqlJournal {
         state: FileState,
         error: Option<&str>,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         sqlx::query(
             "UPDATE barge_files SET state = $1, error = $2, updated_at = $3 \
              WHERE transfer_id = $4 AND file_id = $5",
@@ -437,10 +473,53 @@ impl Journal for SqlJournal {
         .bind(now())
         .bind(transfer)
         .bind(file as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
+        if matches!(state, FileState::Completed | FileState::Failed) {
+            // A finished file frees its destination and leaves no work for workers.
+            sqlx::query("DELETE FROM barge_destinations WHERE transfer_id = $1 AND file_id = $2")
+                .bind(transfer)
+                .bind(file as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        if state == FileState::Failed {
+            sqlx::query(
+                "UPDATE barge_work SET state = 'failed', owner = NULL \
+                 WHERE transfer_id = $1 AND file_id = $2 AND state IN ('ready', 'leased')",
+            )
+            .bind(transfer)
+            .bind(file as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+/// Errors that say "the server cannot be reached now", not "this statement is wrong".
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // PostgreSQL: 08 connection exception, 57P admin shutdown / cannot connect now,
+            // 53 insufficient resources. SQLite: 5 busy, 6 locked.
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "5"
+                || c == "6"
+        }),
+        _ => false,
     }
 }
 

@@ -1,0 +1,626 @@
+//! The work queue inside the SQL journal: what lets many `barge worker` processes, on many
+//! machines, share one transfer.
+//!
+//! Each unit of work is a row of `barge_work`: a file-level task (`plan`: stat, plan, start the
+//! upload or move a small object whole; `finalize`: complete, verify, delete the source) or one
+//! part. A worker claims rows under a lease (`owner`, `lease_until`, in the database's clock),
+//! renews its leases while it works, and marks a row done only while it still owns it. A row
+//! whose worker died goes back to `ready` when its lease expires. On PostgreSQL claims use
+//! `FOR UPDATE SKIP LOCKED`, so workers never wait on each other; SQLite has one writer, and the
+//! same `UPDATE ... RETURNING` is atomic there.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Executor};
+
+use super::{FileId, FileRecord, SqlJournal, TransferRecord, conn_to_str, now};
+use crate::error::{EngineError, Result};
+use crate::input::TransferSpec;
+use barge_store::PartReceipt;
+
+/// What a row of work asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskKind {
+    /// Stat the source, plan the file, start its upload (or move a small file whole).
+    Plan,
+    /// Move one part.
+    Part,
+    /// Complete the upload, verify it, delete the source when asked.
+    Finalize,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Plan => "plan",
+            TaskKind::Part => "part",
+            TaskKind::Finalize => "finalize",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "plan" => Ok(TaskKind::Plan),
+            "part" => Ok(TaskKind::Part),
+            "finalize" => Ok(TaskKind::Finalize),
+            other => Err(EngineError::Journal(format!(
+                "unknown work kind '{other}' in the journal (written by a newer barge?)"
+            ))),
+        }
+    }
+}
+
+/// One claimed unit of work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    pub transfer: String,
+    pub file: FileId,
+    pub kind: TaskKind,
+    /// The part number (1-based) of a part; 0 for file-level work.
+    pub number: u32,
+    /// How many times it has been claimed (more than once: a worker died or gave it up).
+    pub claims: u32,
+}
+
+/// Rows per multi-row INSERT: well under PostgreSQL's 65,535 bind parameters.
+const BATCH: usize = 200;
+
+/// The journal's key for a destination (connection name, bucket, key).
+fn dst_key(s: &TransferSpec) -> String {
+    format!(
+        "{}\n{}\n{}",
+        conn_to_str(&s.dst.conn),
+        s.dst.path.bucket,
+        s.dst.path.key
+    )
+}
+
+impl SqlJournal {
+    /// The database's clock in milliseconds: leases do not depend on workers' clocks agreeing.
+    fn now_ms(&self) -> &'static str {
+        if self.pg {
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        } else {
+            "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+        }
+    }
+
+    fn skip_locked(&self) -> &'static str {
+        if self.pg {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        }
+    }
+
+    /// Record a transfer for workers: the transfer, one pending row per file, one `plan` task
+    /// per file, and a claim on every destination. All or nothing: a destination that an
+    /// unfinished transfer already writes refuses the whole submission.
+    pub async fn submit(
+        &self,
+        t: &TransferRecord,
+        queue: &str,
+        specs: &[TransferSpec],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        // Destinations first: a conflict stops here, before anything else is written.
+        for (chunk_no, chunk) in specs.chunks(BATCH).enumerate() {
+            let values = placeholders(chunk.len(), 3);
+            let sql = format!(
+                "INSERT INTO barge_destinations (dst, transfer_id, file_id) VALUES {values} \
+                 ON CONFLICT (dst) DO NOTHING"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (i, s) in chunk.iter().enumerate() {
+                q = q
+                    .bind(dst_key(s))
+                    .bind(&t.id)
+                    .bind((chunk_no * BATCH + i) as i64);
+            }
+            let inserted = q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+            if inserted.rows_affected() != chunk.len() as u64 {
+                drop(tx);
+                return Err(self.destination_conflict(chunk).await);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO barge_transfers (id, fingerprint, created_at, updated_at, state, spec, queue) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.id)
+        .bind(&t.fingerprint)
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .bind(t.state.as_str())
+        .bind(&t.spec)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let ts = now();
+        for (chunk_no, chunk) in specs.chunks(BATCH).enumerate() {
+            let values = placeholders(chunk.len(), 8);
+            let sql = format!(
+                "INSERT INTO barge_files (transfer_id, file_id, src_conn, src_bucket, src_key, \
+                 dst_conn, dst_bucket, dst_key, size, attrs, strategy, part_size, part_count, \
+                 state, updated_at) \
+                 SELECT v.*, 0, '{{}}', 'single-put', 0, 0, 'pending', {ts} FROM (VALUES {values}) AS v"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (i, s) in chunk.iter().enumerate() {
+                q = q
+                    .bind(&t.id)
+                    .bind((chunk_no * BATCH + i) as i64)
+                    .bind(conn_to_str(&s.src.conn))
+                    .bind(&s.src.path.bucket)
+                    .bind(&s.src.path.key)
+                    .bind(conn_to_str(&s.dst.conn))
+                    .bind(&s.dst.path.bucket)
+                    .bind(&s.dst.path.key);
+            }
+            q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+            let values = placeholders(chunk.len(), 3);
+            let sql = format!(
+                "INSERT INTO barge_work (transfer_id, file_id, queue, kind, number, state) \
+                 SELECT v.*, 'plan', 0, 'ready' FROM (VALUES {values}) AS v"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (i, _) in chunk.iter().enumerate() {
+                q = q
+                    .bind(&t.id)
+                    .bind((chunk_no * BATCH + i) as i64)
+                    .bind(queue);
+            }
+            q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The error for a submission whose destination an unfinished transfer already writes.
+    async fn destination_conflict(&self, specs: &[TransferSpec]) -> EngineError {
+        for s in specs {
+            let held = sqlx::query(
+                "SELECT d.transfer_id FROM barge_destinations d \
+                 JOIN barge_transfers t ON t.id = d.transfer_id WHERE d.dst = $1",
+            )
+            .bind(dst_key(s))
+            .fetch_optional(&self.pool)
+            .await;
+            match held {
+                Ok(Some(row)) => {
+                    let id: String = row.try_get("transfer_id").unwrap_or_default();
+                    return EngineError::Input(format!(
+                        "{} is already the destination of unfinished transfer {id}: wait for it \
+                         (`barge status {id}`) or stop it (`barge abort {id}`) first",
+                        s.dst
+                    ));
+                }
+                Ok(None) => continue,
+                Err(e) => return self.err(e),
+            }
+        }
+        EngineError::Input(
+            "a destination is already being written by an unfinished transfer (see `barge list`)"
+                .into(),
+        )
+    }
+
+    /// The queue a transfer was submitted to, if it was submitted for workers.
+    pub async fn submitted_queue(&self, transfer: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT t.queue AS queue, (SELECT COUNT(*) FROM barge_work w WHERE w.transfer_id = t.id) AS n \
+             FROM barge_transfers t WHERE t.id = $1",
+        )
+        .bind(transfer)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let Some(row) = row else { return Ok(None) };
+        let n: i64 = row.try_get("n").map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(row.try_get("queue").map_err(|e| self.err(e))?))
+    }
+
+    /// Claim up to `n` ready tasks of a queue for `owner`, for `lease_ms`. Finalize tasks come
+    /// first, then parts, then planning: work already started is finished before more starts.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        queue: &str,
+        n: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Task>> {
+        let now = self.now_ms();
+        let skip = self.skip_locked();
+        let sql = format!(
+            "UPDATE barge_work SET state = 'leased', owner = $1, lease_until = {now} + $2, \
+             attempts = attempts + 1 \
+             WHERE (transfer_id, file_id, kind, number) IN ( \
+               SELECT transfer_id, file_id, kind, number FROM barge_work \
+               WHERE queue = $3 AND state = 'ready' \
+               ORDER BY kind, transfer_id, file_id, number LIMIT $4 {skip}) \
+             RETURNING transfer_id, file_id, kind, number, attempts"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_ms as i64)
+            .bind(queue)
+            .bind(n as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut tasks = rows
+            .iter()
+            .map(|r| self.task_row(r))
+            .collect::<Result<Vec<_>>>()?;
+        tasks.sort_by(|a, b| {
+            (a.kind.as_str(), &a.transfer, a.file, a.number).cmp(&(
+                b.kind.as_str(),
+                &b.transfer,
+                b.file,
+                b.number,
+            ))
+        });
+        Ok(tasks)
+    }
+
+    fn task_row(&self, r: &AnyRow) -> Result<Task> {
+        let g = |e: sqlx::Error| self.err(e);
+        Ok(Task {
+            transfer: r.try_get("transfer_id").map_err(g)?,
+            file: r.try_get::<i64, _>("file_id").map_err(g)? as FileId,
+            kind: TaskKind::parse(&r.try_get::<String, _>("kind").map_err(g)?)?,
+            number: r.try_get::<i64, _>("number").map_err(g)? as u32,
+            claims: r.try_get::<i64, _>("attempts").map_err(g)? as u32,
+        })
+    }
+
+    /// Extend every lease `owner` holds. Returns how many.
+    pub async fn renew(&self, owner: &str, lease_ms: u64) -> Result<u64> {
+        let sql = format!(
+            "UPDATE barge_work SET lease_until = {} + $1 WHERE owner = $2 AND state = 'leased'",
+            self.now_ms()
+        );
+        let r = sqlx::query(AssertSqlSafe(sql))
+            .bind(lease_ms as i64)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Put back every task whose lease has expired (its worker died or lost the journal).
+    /// Returns how many.
+    pub async fn reclaim_expired(&self) -> Result<u64> {
+        let sql = format!(
+            "UPDATE barge_work SET state = 'ready', owner = NULL \
+             WHERE state = 'leased' AND lease_until < {}",
+            self.now_ms()
+        );
+        let r = sqlx::query(AssertSqlSafe(sql))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Give back every task `owner` holds (a worker stopping cleanly): others take them at once.
+    pub async fn release(&self, owner: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE barge_work SET state = 'ready', owner = NULL WHERE owner = $1 AND state = 'leased'",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(r.rows_affected())
+    }
+
+    /// Mark a task done if `owner` still holds it. False: the lease was lost to another worker.
+    pub async fn task_done(&self, task: &Task, owner: &str) -> Result<bool> {
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        mark_done(self, &mut *conn, task, owner).await
+    }
+
+    /// A part's receipt, and its task marked done. Returns true when this was the file's last
+    /// part: the file's finalize task is then queued (once, whoever gets here first).
+    pub async fn part_recorded(
+        &self,
+        task: &Task,
+        owner: &str,
+        upload_id: &str,
+        receipt: &PartReceipt,
+        queue: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        // The receipt is kept even if the lease was lost: the bytes are the pinned source's, the
+        // same whoever moved them, and finalize checks every receipt against the store anyway.
+        sqlx::query(
+            "INSERT INTO barge_parts (transfer_id, file_id, upload_id, number, etag, len, crc32c) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (transfer_id, file_id, upload_id, number) DO UPDATE SET \
+             etag = excluded.etag, len = excluded.len, crc32c = excluded.crc32c",
+        )
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .bind(upload_id)
+        .bind(i64::from(receipt.number))
+        .bind(&receipt.etag)
+        .bind(receipt.len as i64)
+        .bind(receipt.crc32c.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let owned = mark_done(self, &mut *tx, task, owner).await?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        if !owned {
+            return Ok(false);
+        }
+        // Counted after the commit: of two workers finishing the last two parts at once, the
+        // later one sees both done.
+        let left: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM barge_work \
+             WHERE transfer_id = $1 AND file_id = $2 AND kind = 'part' AND state <> 'done'",
+        )
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(|e| self.err(e))?;
+        if left > 0 {
+            return Ok(false);
+        }
+        let queued = sqlx::query(
+            "INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+             VALUES ($1, $2, 'finalize', 0, $3, 'ready') ON CONFLICT DO NOTHING",
+        )
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .bind(queue)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(queued.rows_affected() == 1)
+    }
+
+    /// A planned multipart file: its upload id, one ready task per part, and its plan task done,
+    /// in one transaction. False (nothing written): the plan task's lease was lost, and the
+    /// caller must abort the upload it started.
+    pub async fn start_parts(
+        &self,
+        task: &Task,
+        owner: &str,
+        upload_id: &str,
+        part_count: u32,
+        queue: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        if !mark_done(self, &mut *tx, task, owner).await? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE barge_files SET upload_id = $1, state = 'uploading', error = NULL, updated_at = $2 \
+             WHERE transfer_id = $3 AND file_id = $4",
+        )
+        .bind(upload_id)
+        .bind(now())
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        // Parts left from an earlier upload of this file (a re-plan) are replaced.
+        sqlx::query(
+            "DELETE FROM barge_work WHERE transfer_id = $1 AND file_id = $2 AND kind <> 'plan'",
+        )
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $1) \
+             INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+             SELECT $2, $3, 'part', x, $4, 'ready' FROM n",
+        )
+        .bind(i64::from(part_count))
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Finalize found parts whose bytes on the store are not what the journal recorded: move
+    /// them again, and finalize again after them.
+    pub async fn redo_parts(&self, task: &Task, numbers: &[u32]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        for n in numbers {
+            sqlx::query(
+                "UPDATE barge_work SET state = 'ready', owner = NULL, attempts = 0 \
+                 WHERE transfer_id = $1 AND file_id = $2 AND kind = 'part' AND number = $3",
+            )
+            .bind(&task.transfer)
+            .bind(task.file as i64)
+            .bind(i64::from(*n))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        sqlx::query(
+            "DELETE FROM barge_work WHERE transfer_id = $1 AND file_id = $2 AND kind = 'finalize'",
+        )
+        .bind(&task.transfer)
+        .bind(task.file as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// One file's record.
+    pub async fn file(&self, transfer: &str, file: FileId) -> Result<Option<FileRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM barge_files WHERE transfer_id = $1 AND file_id = $2",
+            super::sql::FILE_COLS
+        )))
+        .bind(transfer)
+        .bind(file as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.map(|r| self.file_row(&r)).transpose()
+    }
+
+    /// Close a transfer whose files are all finished: `done`, or `failed` if any file failed.
+    /// Returns the state it was closed with, if it was.
+    pub async fn settle(&self, transfer: &str) -> Result<Option<super::TransferState>> {
+        let r = sqlx::query(
+            "UPDATE barge_transfers SET updated_at = $1, state = CASE WHEN EXISTS \
+               (SELECT 1 FROM barge_files f WHERE f.transfer_id = $2 AND f.state = 'failed') \
+               THEN 'failed' ELSE 'done' END \
+             WHERE id = $2 AND state = 'running' AND NOT EXISTS \
+               (SELECT 1 FROM barge_files f WHERE f.transfer_id = $2 \
+                AND f.state NOT IN ('completed', 'failed'))",
+        )
+        .bind(now())
+        .bind(transfer)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        if r.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .transfer_state(transfer)
+            .await?
+            .filter(|s| *s != super::TransferState::Running))
+    }
+
+    pub async fn transfer_state(&self, transfer: &str) -> Result<Option<super::TransferState>> {
+        let row = sqlx::query("SELECT state FROM barge_transfers WHERE id = $1")
+            .bind(transfer)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| {
+            super::TransferState::parse(&r.try_get::<String, _>("state").map_err(|e| self.err(e))?)
+        })
+        .transpose()
+    }
+
+    /// Tasks of a queue not yet done (ready or leased): zero means a worker has nothing left to
+    /// wait for.
+    pub async fn unfinished_work(&self, queue: &str) -> Result<u64> {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM barge_work WHERE queue = $1 AND state IN ('ready', 'leased')",
+        )
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// `barge resume` of a submitted transfer: failed files are planned afresh (their uploads
+    /// were aborted when they failed), and the transfer runs again.
+    pub async fn requeue_failed(&self, transfer: &str, queue: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let failed: Vec<i64> = sqlx::query(
+            "SELECT file_id FROM barge_files WHERE transfer_id = $1 AND state = 'failed'",
+        )
+        .bind(transfer)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("file_id"))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| self.err(e))?;
+        for f in &failed {
+            sqlx::query("DELETE FROM barge_work WHERE transfer_id = $1 AND file_id = $2")
+                .bind(transfer)
+                .bind(f)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+            sqlx::query(
+                "INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+                 VALUES ($1, $2, 'plan', 0, $3, 'ready')",
+            )
+            .bind(transfer)
+            .bind(f)
+            .bind(queue)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+            sqlx::query(
+                "UPDATE barge_files SET state = 'pending', upload_id = NULL, error = NULL \
+                 WHERE transfer_id = $1 AND file_id = $2",
+            )
+            .bind(transfer)
+            .bind(f)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        sqlx::query("UPDATE barge_transfers SET state = 'running', updated_at = $1 WHERE id = $2")
+            .bind(now())
+            .bind(transfer)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(failed.len() as u64)
+    }
+}
+
+async fn mark_done<'c, E>(j: &SqlJournal, conn: E, task: &Task, owner: &str) -> Result<bool>
+where
+    E: Executor<'c, Database = sqlx::Any>,
+{
+    let r = sqlx::query(
+        "UPDATE barge_work SET state = 'done' \
+         WHERE transfer_id = $1 AND file_id = $2 AND kind = $3 AND number = $4 \
+         AND owner = $5 AND state = 'leased'",
+    )
+    .bind(&task.transfer)
+    .bind(task.file as i64)
+    .bind(task.kind.as_str())
+    .bind(i64::from(task.number))
+    .bind(owner)
+    .execute(conn)
+    .await
+    .map_err(|e| j.err(e))?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// `($1, $2, $3), ($4, $5, $6)` for `rows` rows of `cols` values.
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let vals: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", vals.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_rows_then_columns() {
+        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
+    }
+}
