@@ -5,6 +5,7 @@
 #   scripts/testbed.sh start     start both servers, create keys and buckets, write .testbed/env
 #   scripts/testbed.sh stop      stop them and delete their data
 #   scripts/testbed.sh barge-config   print a barge config naming the running servers a and b
+#   scripts/testbed.sh pg-restart [SECONDS]   stop the test PostgreSQL, wait, start it again
 #
 # `start` also starts a throwaway PostgreSQL server (initdb into .testbed/pg on a free loopback
 # port, as the postgres user; Debian's packages are installed if missing) for the journal tests.
@@ -140,8 +141,21 @@ start_pg() {
     || { cat "$dir/server.log" >&2; exit 1; }
   as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U barge barge
   echo "$bin" >"$dir/bin"
+  echo "$port" >"$dir/port"
   echo "export BARGE_TEST_PG_URL=postgres://barge@127.0.0.1:$port/barge" >>"$BED/env"
   log "PostgreSQL on 127.0.0.1:$port"
+}
+
+# Stop the test PostgreSQL server, wait, start it again (the journal tests' "server restarts").
+restart_pg() {
+  local dir bin port
+  dir="$(cat "$BED/pg-dir")"
+  bin="$(cat "$dir/bin")"
+  port="$(cat "$dir/port")"
+  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  sleep "${1:-2}"
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
 }
 
 stop_pg() {
@@ -198,6 +212,7 @@ case "${1:-}" in
   install) install_garage; echo "$GARAGE" ;;
   start) start ;;
   stop) stop ;;
+  pg-restart) restart_pg "${2:-2}" ;;
   barge-config) barge_config ;;
   *) echo "usage: $0 install|start|stop|barge-config" >&2; exit 2 ;;
 esac

@@ -56,6 +56,10 @@ pub enum Command {
     Abort(AbortArgs),
     /// Check that DST holds the same bytes as SRC (by checksum, reading both if it must).
     Verify(VerifyArgs),
+    /// Record a transfer for `barge worker` processes (a postgres:// journal) and print its id.
+    Submit(SubmitArgs),
+    /// Work on submitted transfers until stopped: claim parts, move them, finalize files.
+    Worker(WorkerArgs),
     /// Tools for measuring (used by bench/).
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -74,6 +78,70 @@ pub enum DebugCommand {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A manifest (JSON, YAML or CSV; '-' reads standard input), or a source with DST.
+    pub manifest_or_src: String,
+    /// The destination, when the first argument is a source.
+    pub dst: Option<String>,
+    /// Copy every object under SRC (a prefix) to under DST.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// With -r: copy only paths (relative to SRC) matching this glob. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// With -r: skip paths (relative to SRC) matching this glob. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Only workers started with this queue work on the transfer.
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub queue: String,
+    /// Smallest part size; raised per file when the 10,000-part cap requires it.
+    #[arg(long, default_value = "16MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Smallest part size for server-side copies.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    pub copy_part_size: String,
+    /// Delete each source object (exactly its key and version) once its copy is verified.
+    #[arg(long)]
+    pub delete_source: bool,
+    /// Print {"transfer_id": ...} as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Work only on transfers submitted to this queue.
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub queue: String,
+    /// Parts in flight in this worker.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub concurrency: usize,
+    /// Hard budget for this worker's buffered part data.
+    #[arg(long, default_value = "512MiB", value_name = "SIZE")]
+    pub max_memory: String,
+    /// Attempts per request before a file fails.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub retries: u32,
+    /// How long a claim on a part lasts unless renewed: a worker that dies holds its parts
+    /// this long.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub lease: String,
+    /// How long to wait for an unreachable journal before exiting.
+    #[arg(long, default_value = "10m", value_name = "DURATION")]
+    pub journal_wait: String,
+    /// Serve Prometheus metrics on this address (like 0.0.0.0:9187).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Exit once the queue holds no unfinished work (for batch jobs).
+    #[arg(long)]
+    pub exit_when_idle: bool,
+    /// This worker's name in the journal's leases. Default: host-pid-random.
+    #[arg(long, value_name = "NAME")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +291,14 @@ impl Common {
         opts.retry.max_attempts = self.retries;
         Ok(opts)
     }
+}
+
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+    humantime::parse_duration(s).map_err(|e| {
+        EngineError::Input(format!(
+            "{flag} '{s}' is not a duration ({e}): write like 30s, 5m or 2h"
+        ))
+    })
 }
 
 pub fn parse_age(s: &str) -> Result<Duration> {

@@ -2,6 +2,7 @@
 //! the engine does the work, this file prints the result and picks the exit status.
 
 mod args;
+mod cluster;
 mod progress;
 
 use std::io::Read;
@@ -11,7 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use barge_engine::EngineError;
 use barge_engine::connections::{ConfigFile, Connections};
-use barge_engine::input::{Filters, ManifestFormat, list_prefix, parse_manifest, single};
+use barge_engine::input::{
+    Filters, ManifestFormat, TransferSpec, list_prefix, parse_manifest, single,
+};
 use barge_engine::journal::{Journal, MemoryJournal, SqlJournal, TransferState};
 use barge_engine::location::Location;
 use barge_engine::report::Summary;
@@ -21,7 +24,7 @@ use clap::Parser;
 
 use args::{
     AbortArgs, CleanupArgs, Cli, Command, Common, CpArgs, DebugCommand, ListArgs, ResumeArgs,
-    RunArgs, StatusArgs, VerifyArgs, parse_age,
+    RunArgs, StatusArgs, SubmitArgs, VerifyArgs, parse_age,
 };
 use progress::{Progress, print_plan};
 
@@ -61,9 +64,9 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info,aws=warn,hyper=warn",
-        _ => "debug,aws=info,hyper=info,h2=info,rustls=info",
+        0 => "warn,sqlx=error",
+        1 => "info,aws=warn,hyper=warn,sqlx=warn",
+        _ => "debug,aws=info,hyper=info,h2=info,rustls=info,sqlx=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BARGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -87,6 +90,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => resume(conns, journal, a).await,
         Command::Abort(a) => abort(conns, journal, a).await,
         Command::Verify(a) => verify(conns, a).await,
+        Command::Submit(a) => submit(conns, journal, a).await,
+        Command::Worker(a) => {
+            let j = journal.open_sql().await?;
+            cluster::worker_cmd(conns, j, a).await
+        }
         Command::Debug(d) => debug(conns, d).await,
     }
 }
@@ -118,6 +126,24 @@ impl JournalArg {
         Ok(Arc::new(SqlJournal::open(&spec).await?))
     }
 
+    /// A shared journal is a postgres:// URL.
+    fn is_shared(&self) -> bool {
+        let s = self.spec();
+        s.starts_with("postgres://") || s.starts_with("postgresql://")
+    }
+
+    /// The SQL journal itself, for submitting and working (not `none`).
+    async fn open_sql(&self) -> anyhow::Result<Arc<SqlJournal>> {
+        let spec = self.spec();
+        if spec == "none" {
+            return Err(EngineError::Input(
+                "--journal none keeps no record for workers to share: give --journal postgres://...".into(),
+            )
+            .into());
+        }
+        Ok(Arc::new(SqlJournal::open(&spec).await?))
+    }
+
     /// For commands that only read: a missing journal file is "no transfers", not an error.
     async fn open_existing(&self) -> anyhow::Result<Arc<dyn Journal>> {
         let spec = self.spec();
@@ -141,14 +167,24 @@ fn parse_loc(conns: &Connections, s: &str) -> anyhow::Result<Location> {
     Ok(Location::parse(s, &|n| conns.is_configured(n))?)
 }
 
-async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::Result<ExitCode> {
-    let src = parse_loc(&conns, &a.src)?;
-    let dst = parse_loc(&conns, &a.dst)?;
-    if !a.recursive && (!a.include.is_empty() || !a.exclude.is_empty()) {
+type Listing = Vec<(TransferSpec, barge_store::ObjectMeta)>;
+
+/// The files `SRC DST` (with -r: every object under SRC) names.
+async fn cp_specs(
+    conns: &Connections,
+    src: &str,
+    dst: &str,
+    recursive: bool,
+    include: &[String],
+    exclude: &[String],
+) -> anyhow::Result<(Vec<TransferSpec>, Listing)> {
+    let src = parse_loc(conns, src)?;
+    let dst = parse_loc(conns, dst)?;
+    if !recursive && (!include.is_empty() || !exclude.is_empty()) {
         return Err(EngineError::Input("--include and --exclude go with -r".into()).into());
     }
-    let (specs, listing) = if a.recursive {
-        let filters = Filters::new(&a.include, &a.exclude)?;
+    Ok(if recursive {
+        let filters = Filters::new(include, exclude)?;
         let store = conns.get(&src.conn).await?;
         let listing = list_prefix(&src, &dst, store.as_ref(), &filters).await?;
         if listing.is_empty() {
@@ -166,8 +202,33 @@ async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::
             .into());
         }
         (vec![single(src, dst)], Vec::new())
-    };
+    })
+}
+
+async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::Result<ExitCode> {
+    let (specs, listing) =
+        cp_specs(&conns, &a.src, &a.dst, a.recursive, &a.include, &a.exclude).await?;
     execute(conns, journal, specs, listing, &a.common).await
+}
+
+/// The files a manifest lists ('-': standard input).
+fn manifest_specs(conns: &Connections, manifest: &str) -> anyhow::Result<Vec<TransferSpec>> {
+    let text = if manifest == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the manifest from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(manifest)
+            .map_err(|e| EngineError::Input(format!("cannot read manifest {manifest}: {e}")))?
+    };
+    let format = ManifestFormat::detect(manifest, &text);
+    let specs = parse_manifest(&text, format, manifest, conns)?;
+    if specs.is_empty() {
+        return Err(EngineError::Input(format!("manifest {manifest} lists no transfers")).into());
+    }
+    Ok(specs)
 }
 
 async fn run_manifest(
@@ -175,34 +236,73 @@ async fn run_manifest(
     journal: JournalArg,
     a: RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    let text = if a.manifest == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the manifest from standard input")?;
-        s
-    } else {
-        std::fs::read_to_string(&a.manifest)
-            .map_err(|e| EngineError::Input(format!("cannot read manifest {}: {e}", a.manifest)))?
-    };
-    let format = ManifestFormat::detect(&a.manifest, &text);
-    let specs = parse_manifest(&text, format, &a.manifest, &conns)?;
-    if specs.is_empty() {
-        return Err(
-            EngineError::Input(format!("manifest {} lists no transfers", a.manifest)).into(),
-        );
-    }
+    let specs = manifest_specs(&conns, &a.manifest)?;
     execute(conns, journal, specs, Vec::new(), &a.common).await
+}
+
+async fn submit(
+    conns: Arc<Connections>,
+    journal: JournalArg,
+    a: SubmitArgs,
+) -> anyhow::Result<ExitCode> {
+    let specs = match &a.dst {
+        Some(dst) => {
+            cp_specs(
+                &conns,
+                &a.manifest_or_src,
+                dst,
+                a.recursive,
+                &a.include,
+                &a.exclude,
+            )
+            .await?
+            .0
+        }
+        None => {
+            if a.recursive {
+                return Err(EngineError::Input(
+                    "-r needs a source and a destination: barge submit -r SRC DST".into(),
+                )
+                .into());
+            }
+            manifest_specs(&conns, &a.manifest_or_src)?
+        }
+    };
+    let part_size = barge_engine::size::parse_size(&a.part_size)?;
+    let copy_part_size = barge_engine::size::parse_size(&a.copy_part_size)?;
+    if part_size == 0 || copy_part_size == 0 {
+        return Err(EngineError::Input("part sizes must be above zero".into()).into());
+    }
+    let j = journal.open_sql().await?;
+    cluster::submit_cmd(
+        &j,
+        specs,
+        barge_engine::cluster::SubmitOptions {
+            queue: a.queue,
+            delete_source: a.delete_source,
+            part_size: Some(part_size),
+            copy_part_size: Some(copy_part_size),
+        },
+        a.json,
+    )
+    .await
 }
 
 async fn execute(
     conns: Arc<Connections>,
     journal: JournalArg,
-    specs: Vec<barge_engine::input::TransferSpec>,
-    listing: Vec<(barge_engine::input::TransferSpec, barge_store::ObjectMeta)>,
+    specs: Vec<TransferSpec>,
+    listing: Listing,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let opts = common.run_options()?;
+    // A shared journal: submit, and work here alongside any other workers. Local files stay
+    // with this process (other machines cannot reach them).
+    let local = specs.iter().any(|s| s.src.is_local() || s.dst.is_local());
+    if journal.is_shared() && !common.dry_run && !local {
+        let j = journal.open_sql().await?;
+        return cluster::run_shared(conns, j, specs, common).await;
+    }
     let journal = if common.dry_run {
         Arc::new(MemoryJournal::default()) as Arc<dyn Journal>
     } else {
@@ -337,6 +437,12 @@ async fn resume(
             t.state.as_str()
         ))
         .into());
+    }
+    if journal.spec() != "none" {
+        let sql = journal.open_sql().await?;
+        if let Some(queue) = sql.submitted_queue(&t.id).await? {
+            return cluster::resume_shared(conns, sql, &t.id, &queue, &a.common).await;
+        }
     }
     let request: TransferRequest = serde_json::from_str(&t.spec)
         .map_err(|e| EngineError::Journal(format!("transfer {}: unreadable request: {e}", t.id)))?;

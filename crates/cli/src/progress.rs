@@ -58,6 +58,13 @@ impl Progress {
         }
     }
 
+    /// The total to show, when it is learnt bit by bit (files planned by workers).
+    pub fn set_total(&self, bytes: u64) {
+        if let Some(b) = &self.bars {
+            b.total.set_length(bytes);
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bars {
             b.total.finish_and_clear();

@@ -106,3 +106,29 @@ pub async fn assert_no_uploads(store: &dyn Store, bucket: &str, prefix: &str) {
         "multipart uploads left behind under {bucket}/{prefix}: {left:?}"
     );
 }
+
+/// The throwaway PostgreSQL server scripts/testbed.sh starts.
+pub fn pg_url() -> String {
+    std::env::var("BARGE_TEST_PG_URL")
+        .expect("BARGE_TEST_PG_URL is not set: run the tests with scripts/test.sh")
+}
+
+/// A config file naming both test servers, in a fresh folder.
+pub fn config_file(tag: &str) -> PathBuf {
+    let path = temp_dir(tag).join("config.toml");
+    std::fs::write(&path, config_text()).expect("config");
+    path
+}
+
+/// The barge binary with a config file and a journal.
+pub fn barge_cmd(config: &std::path::Path, journal: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_barge"));
+    c.arg("--config")
+        .arg(config)
+        .arg("--journal")
+        .arg(journal)
+        .env_remove("BARGE_CONFIG")
+        .env_remove("BARGE_JOURNAL")
+        .env_remove("BARGE_LOG");
+    c
+}

@@ -1,0 +1,519 @@
+//! Many workers, one PostgreSQL journal: submit, workers on queues, a worker killed mid-part, a
+//! part moved twice, a part whose stored bytes differ from the journal, refused duplicate
+//! destinations, metrics. Every test uses its own queue, so tests running at once do not take
+//! each other's work.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use barge_engine::cluster::{SubmitOptions, Until, Worker, WorkerOptions, submit};
+use barge_engine::input::TransferSpec;
+use barge_engine::journal::{FileState, Journal, SqlJournal, TransferState};
+use barge_engine::location::ConnRef;
+use barge_store::{ObjectAttrs, PartSpec, Store, UploadRef};
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+fn queue(tag: &str) -> String {
+    format!("{tag}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn out_text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Wait for a child, killing it after `secs`.
+fn wait(mut child: Child, secs: u64, what: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => return child.wait_with_output().expect("output"),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let o = child.wait_with_output().expect("output");
+                panic!(
+                    "{what} did not finish in {secs}s; stderr:\n{}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+async fn store(name: &str) -> Arc<dyn Store> {
+    connections()
+        .get(&ConnRef::Named(name.into()))
+        .await
+        .expect("connect")
+}
+
+async fn journal() -> Arc<SqlJournal> {
+    Arc::new(SqlJournal::open(&pg_url()).await.expect("open the journal"))
+}
+
+fn status_json(config: &std::path::Path, id: &str) -> serde_json::Value {
+    let o = barge_cmd(config, &pg_url())
+        .args(["status", id, "--json"])
+        .output()
+        .expect("status");
+    serde_json::from_slice(&o.stdout).expect("status JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_returns_an_id_and_only_workers_of_its_queue_do_it() {
+    let config = config_file("cl-queue");
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-queue");
+    let body = data(21 * MIB + 5, 1);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}obj"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}empty"),
+        bytes::Bytes::new(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let manifest = config.with_file_name("m.csv");
+    std::fs::write(
+        &manifest,
+        format!(
+            "src_conn_id,src_bucket,src_key,dest_conn_id,dest_bucket,dest_key\n\
+             ga,src,{p}obj,gb,dst,{p}obj\nga,src,{p}empty,gb,dst,{p}empty\n"
+        ),
+    )
+    .expect("manifest");
+    let q = queue("large");
+    let o = barge_cmd(&config, &pg_url())
+        .args([
+            "submit",
+            manifest.to_str().expect("utf-8"),
+            "--queue",
+            &q,
+            "--part-size",
+            "5MiB",
+        ])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(id.len(), 16, "submit prints the transfer id: {id:?}");
+    let s = status_json(&config, &id);
+    assert_eq!(s["transfer"]["state"], "running");
+    assert_eq!(
+        s["files"][0]["state"], "pending",
+        "planning is left to workers"
+    );
+
+    // A worker of another queue finds nothing to do.
+    let other = barge_cmd(&config, &pg_url())
+        .args(["worker", "--exit-when-idle", "--queue", &queue("small")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let o = wait(other, 60, "idle worker");
+    assert_eq!(o.status.code(), Some(0), "{}", out_text(&o).1);
+    assert_eq!(status_json(&config, &id)["files"][0]["state"], "pending");
+
+    let w = barge_cmd(&config, &pg_url())
+        .args([
+            "worker",
+            "--exit-when-idle",
+            "--queue",
+            &q,
+            "--concurrency",
+            "4",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let o = wait(w, 120, "worker");
+    assert_eq!(o.status.code(), Some(0), "{}", out_text(&o).1);
+    let s = status_json(&config, &id);
+    assert_eq!(s["transfer"]["state"], "done", "{s:#}");
+    assert_eq!(s["files"][0]["parts_total"], 5);
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}obj")).await),
+        sha256(&body)
+    );
+    assert!(
+        read(gb.as_ref(), "dst", &format!("{p}empty"))
+            .await
+            .is_empty()
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_one_worker_of_three_and_the_others_finish_byte_identical() {
+    let config = config_file("cl-kill");
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-kill");
+    let body = data(160 * MIB + 77, 2);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let q = queue("kill");
+    let o = barge_cmd(&config, &pg_url())
+        .args([
+            "submit",
+            &format!("ga:src/{p}big"),
+            &format!("gb:dst/{p}big"),
+        ])
+        .args(["--queue", &q, "--part-size", "5MiB"])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+
+    // The victim starts alone, and dies as soon as it holds parts.
+    let mut victim = barge_cmd(&config, &pg_url())
+        .args([
+            "worker",
+            "--queue",
+            &q,
+            "--lease",
+            "2s",
+            "--concurrency",
+            "4",
+            "--id",
+            "victim",
+        ])
+        .env("BARGE_LOG", "warn,barge_engine::cluster=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("victim");
+    let stderr = victim.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .next()
+            .expect("the victim logs its claims")
+            .expect("read");
+        if line.contains("claimed part") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the victim never claimed a part");
+    }
+    victim.kill().expect("kill -9");
+    victim.wait().expect("reap");
+
+    let survivors: Vec<Child> = (0..2)
+        .map(|i| {
+            barge_cmd(&config, &pg_url())
+                .args(["worker", "--queue", &q, "--lease", "2s", "--exit-when-idle"])
+                .args(["--concurrency", "2", "--id", &format!("survivor-{i}")])
+                .env("BARGE_LOG", "warn,barge_engine::cluster=info")
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("survivor")
+        })
+        .collect();
+    let mut logs = String::new();
+    for s in survivors {
+        let o = wait(s, 240, "survivor");
+        let (_, err) = out_text(&o);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        logs.push_str(&err);
+    }
+    assert!(
+        logs.contains("reclaimed"),
+        "the victim's parts came back through lease expiry: {logs}"
+    );
+    let s = status_json(&config, &id);
+    assert_eq!(s["transfer"]["state"], "done", "{s:#}");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&body)
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}
+
+/// Engine-level: a part moved by two workers (the first one's lease expired), and a part whose
+/// stored bytes were replaced after its receipt was recorded. Completion must use neither
+/// blindly: the object ends byte-identical to the source.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_moved_twice_or_changed_on_the_store_never_corrupts_the_object() {
+    let j = journal().await;
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-twice");
+    let body = data(13 * MIB, 3);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}obj"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let q = queue("twice");
+    let tid = submit(
+        &j,
+        vec![TransferSpec {
+            src: named("ga", "src", &format!("{p}obj")),
+            dst: named("gb", "dst", &format!("{p}obj")),
+        }],
+        &SubmitOptions {
+            queue: q.clone(),
+            part_size: Some(5 * MIB as u64),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    let worker = |id: &str| {
+        Arc::new(Worker::new(
+            connections(),
+            j.clone(),
+            WorkerOptions {
+                id: id.into(),
+                queue: q.clone(),
+                concurrency: 4,
+                lease: Duration::from_secs(30),
+                ..WorkerOptions::default()
+            },
+        ))
+    };
+    let (slow, fast) = (worker("slow"), worker("fast"));
+
+    // The fast worker plans the file: three parts are queued.
+    let plan = j.claim("fast", &q, 1, 30_000).await.expect("claim");
+    assert_eq!(plan.len(), 1);
+    fast.execute(plan[0].clone()).await;
+    // The slow worker claims part 1 with a short lease, and stalls past it.
+    let stale = j.claim("slow", &q, 1, 200).await.expect("claim");
+    assert_eq!((stale.len(), stale[0].number), (1, 1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(j.reclaim_expired().await.expect("reclaim") >= 1);
+    // The fast worker moves parts 1 and 2; then the slow one wakes and moves part 1 again.
+    for _ in 0..2 {
+        let t = j.claim("fast", &q, 1, 30_000).await.expect("claim");
+        fast.execute(t[0].clone()).await;
+    }
+    slow.execute(stale[0].clone()).await;
+    // The fast worker moves part 3.
+    let t = j.claim("fast", &q, 1, 30_000).await.expect("claim");
+    assert_eq!(t[0].number, 3);
+    fast.execute(t[0].clone()).await;
+
+    // Behind barge's back, part 2 on the store is replaced by other bytes of the same length.
+    let file = j.file(&tid, 0).await.expect("read").expect("file");
+    let upload = UploadRef {
+        path: file.plan.dst.path.clone(),
+        upload_id: file.upload_id.clone().expect("upload started"),
+    };
+    let spec = PartSpec {
+        number: 2,
+        offset: 5 * MIB as u64,
+        len: 5 * MIB as u64,
+    };
+    let other = data(5 * MIB, 99);
+    let crc = barge_store::checksum::crc32c(&other);
+    gb.upload_part(&upload, &spec, other, Some(crc))
+        .await
+        .expect("overwrite part 2");
+
+    // Finalize finds part 2 differs from its receipt, moves it again, and completes.
+    fast.run(CancellationToken::new(), Until::Settled(tid.clone()))
+        .await
+        .expect("run");
+    let t = j.transfer(&tid).await.expect("read").expect("transfer");
+    assert_eq!(t.state, TransferState::Done);
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}obj")).await),
+        sha256(&body),
+        "the object is the source's bytes, not the replaced part's"
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+
+    // A worker waking up after the file is complete changes nothing.
+    slow.execute(stale[0].clone()).await;
+    let f = j.file(&tid, 0).await.expect("read").expect("file");
+    assert_eq!(f.state, FileState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_submission_of_a_destination_is_refused_while_the_first_is_unfinished() {
+    let config = config_file("cl-dup");
+    let ga = store("ga").await;
+    let p = prefix("cl-dup");
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}a"),
+        data(1000, 4),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let q = queue("dup");
+    let sub = |queue: &str| {
+        barge_cmd(&config, &pg_url())
+            .args([
+                "submit",
+                &format!("ga:src/{p}a"),
+                &format!("gb:dst/{p}a"),
+                "--queue",
+                queue,
+            ])
+            .output()
+            .expect("submit")
+    };
+    let first = sub(&q);
+    let (id, err) = out_text(&first);
+    assert_eq!(first.status.code(), Some(0), "{err}");
+    let second = sub(&queue("dup2"));
+    let (_, err) = out_text(&second);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "gb:dst/{p}a is already the destination of unfinished transfer {id}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("barge abort {id}")), "{err}");
+
+    // Aborted, the destination is free again.
+    let o = barge_cmd(&config, &pg_url())
+        .args(["abort", &id])
+        .output()
+        .expect("abort");
+    assert_eq!(o.status.code(), Some(0), "{}", out_text(&o).1);
+    let third = sub(&q);
+    assert_eq!(third.status.code(), Some(0), "{}", out_text(&third).1);
+    let w = barge_cmd(&config, &pg_url())
+        .args(["worker", "--exit-when-idle", "--queue", &q])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let o = wait(w, 60, "worker");
+    assert_eq!(o.status.code(), Some(0), "{}", out_text(&o).1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cp_with_a_postgresql_journal_submits_and_works_until_done() {
+    let config = config_file("cl-cp");
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-cp");
+    let body = data(12 * MIB + 1, 5);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}x"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge_cmd(&config, &pg_url())
+        .args(["cp", &format!("ga:src/{p}x"), &format!("gb:dst/{p}x")])
+        .args(["--part-size", "5MiB", "--json", "--delete-source"])
+        .output()
+        .expect("cp");
+    let (out, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
+    assert_eq!(s["files_ok"], 1, "{s:#}");
+    assert_eq!(s["files"][0]["parts"], 3);
+    assert_eq!(s["files"][0]["source_deleted"], true);
+    let id = s["transfer_id"].as_str().expect("id");
+    assert_eq!(status_json(&config, id)["transfer"]["state"], "done");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}x")).await),
+        sha256(&body)
+    );
+    assert!(
+        ga.head(&barge_store::ObjectPath::new("src", format!("{p}x")))
+            .await
+            .is_err(),
+        "the exact source key is deleted after verification"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_serves_prometheus_metrics() {
+    let config = config_file("cl-metrics");
+    let ga = store("ga").await;
+    let p = prefix("cl-metrics");
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}m"),
+        data(11 * MIB, 6),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let q = queue("metrics");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let mut w = barge_cmd(&config, &pg_url())
+        .args([
+            "worker",
+            "--queue",
+            &q,
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let o = barge_cmd(&config, &pg_url())
+        .args(["submit", &format!("ga:src/{p}m"), &format!("gb:dst/{p}m")])
+        .args(["--queue", &q, "--part-size", "5MiB"])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_json(&config, &id)["transfer"]["state"] != "done" {
+        assert!(Instant::now() < deadline, "the worker did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let mut got = String::new();
+    sock.read_to_string(&mut got).expect("read");
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    for line in [
+        "barge_parts_done_total 3",
+        "barge_files_completed_total 1",
+        &format!("barge_bytes_moved_total {}", 11 * MIB),
+        "barge_claim_seconds_count",
+        "barge_tasks_in_flight 0",
+    ] {
+        assert!(got.contains(line), "missing {line:?} in:\n{got}");
+    }
+    // SIGTERM: it stops cleanly.
+    let pid = w.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the worker ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
