@@ -276,7 +276,9 @@ async fn work_on(
     poll_done.cancel();
     let _ = poller.await;
     result?;
-    let s = summary(&journal, tid, started.elapsed(), worker.retries()).await?;
+    let mut s = summary(&journal, tid, started.elapsed(), worker.retries()).await?;
+    // What passed through this process (other workers count their own).
+    s.bytes_through_client = worker.metrics.bytes_moved.get();
     for f in &s.files {
         progress.file_finished(f);
     }

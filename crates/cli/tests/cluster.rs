@@ -517,3 +517,62 @@ async fn a_worker_serves_prometheus_metrics() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_of_a_submitted_transfer_retries_its_failed_files() {
+    let config = config_file("cl-resume");
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-resume");
+    let body = data(6 * MIB, 7);
+    let q = queue("resume");
+    // The source does not exist yet: the worker fails the file and the transfer.
+    let o = barge_cmd(&config, &pg_url())
+        .args([
+            "submit",
+            &format!("ga:src/{p}late"),
+            &format!("gb:dst/{p}late"),
+        ])
+        .args(["--queue", &q])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let w = barge_cmd(&config, &pg_url())
+        .args(["worker", "--exit-when-idle", "--queue", &q])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    wait(w, 60, "worker");
+    let s = status_json(&config, &id);
+    assert_eq!(s["transfer"]["state"], "failed", "{s:#}");
+    assert!(
+        s["files"][0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("{p}late")),
+        "the error names the missing source: {s:#}"
+    );
+    // The source appears; resume plans the failed file again and works on it here.
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}late"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge_cmd(&config, &pg_url())
+        .args(["resume", &id, "--json"])
+        .output()
+        .expect("resume");
+    let (out, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let sum: serde_json::Value = serde_json::from_str(&out).expect("summary JSON");
+    assert_eq!(sum["files_ok"], 1, "{sum:#}");
+    assert_eq!(sum["bytes_through_client"], 6 * MIB);
+    assert_eq!(status_json(&config, &id)["transfer"]["state"], "done");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}late")).await),
+        sha256(&body)
+    );
+}
