@@ -30,9 +30,9 @@ pub async fn submit_cmd(
     let n = specs.len();
     let id = submit(journal, specs, &opts).await?;
     if json {
-        println!("{}", serde_json::json!({ "transfer_id": id, "files": n }));
+        out!("{}", serde_json::json!({ "transfer_id": id, "files": n }));
     } else {
-        println!("{id}");
+        out!("{id}");
         eprintln!(
             "submitted transfer {id}: {n} file(s) on queue '{}'; `barge worker --queue {}` works on it, `barge status {id}` follows it",
             opts.queue, opts.queue
@@ -294,7 +294,7 @@ async fn work_on(
         );
     }
     if common.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        out!("{}", serde_json::to_string_pretty(&s)?);
     } else if !common.quiet {
         print_summary(&s);
     }

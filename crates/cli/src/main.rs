@@ -1,6 +1,20 @@
 //! The `barge` command: a thin layer over the engine. Flags become a validated configuration,
 //! the engine does the work, this file prints the result and picks the exit status.
 
+/// `println!` that ends the process quietly when standard output is closed (`barge list | head`)
+/// instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(141);
+            }
+            eprintln!("barge: cannot write to standard output: {e}");
+        }
+    }};
+}
+
 mod args;
 mod cluster;
 mod progress;
@@ -342,7 +356,7 @@ async fn execute(
         eprintln!("barge: transfer {id} stopped; `barge resume {id}` continues it");
     }
     if common.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        out!("{}", serde_json::to_string_pretty(&summary)?);
     } else if common.dry_run {
         print_plan(&summary.files);
     } else if !common.quiet {
@@ -398,10 +412,10 @@ async fn cleanup_cmd(conns: Arc<Connections>, a: CleanupArgs) -> anyhow::Result<
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        out!("{}", serde_json::to_string_pretty(&list)?);
     } else {
         for p in &done {
-            println!(
+            out!(
                 "{} {} (upload {})",
                 if a.dry_run { "would abort" } else { "aborted" },
                 p.upload.path,
@@ -468,7 +482,7 @@ async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> 
     };
     let files = j.status(&t.id).await?;
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "transfer": t, "files": files }))?
         );
@@ -478,7 +492,7 @@ async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> 
         .iter()
         .filter(|f| f.state == barge_engine::journal::FileState::Completed)
         .count();
-    println!(
+    out!(
         "transfer {}  {}  {} of {} files completed",
         t.id,
         t.state.as_str(),
@@ -486,7 +500,7 @@ async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> 
         files.len()
     );
     for f in &files {
-        println!(
+        out!(
             "  {:<10} {:>6}/{:<6} parts {:>10}/{:<10} {} -> {}{}",
             f.state.as_str(),
             f.parts_done,
@@ -508,14 +522,14 @@ async fn list(journal: JournalArg, a: ListArgs) -> anyhow::Result<ExitCode> {
     let j = journal.open_existing().await?;
     let ts = j.list_transfers(a.limit).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&ts)?);
+        out!("{}", serde_json::to_string_pretty(&ts)?);
         return Ok(ExitCode::SUCCESS);
     }
     for t in &ts {
         let age = std::time::Duration::from_secs(
             (barge_engine::journal::now_secs() - t.created_at).max(0) as u64,
         );
-        println!(
+        out!(
             "{}  {:<11}  started {} ago",
             t.id,
             t.state.as_str(),
@@ -547,21 +561,22 @@ async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCo
     let r =
         barge_engine::finalize::verify_pair(s.as_ref(), &src.path, d.as_ref(), &dst.path).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        out!("{}", serde_json::to_string_pretty(&r)?);
     } else if r.same {
-        println!(
+        out!(
             "same: {} bytes, CRC32C {} ({})",
             r.src_size,
             r.src_crc32c.as_deref().unwrap_or("?"),
             r.method
         );
     } else if r.src_size != r.dst_size {
-        println!(
+        out!(
             "DIFFERENT: {src} has {} bytes, {dst} has {}",
-            r.src_size, r.dst_size
+            r.src_size,
+            r.dst_size
         );
     } else {
-        println!(
+        out!(
             "DIFFERENT: CRC32C {} vs {} ({})",
             r.src_crc32c.as_deref().unwrap_or("?"),
             r.dst_crc32c.as_deref().unwrap_or("?"),
@@ -632,7 +647,7 @@ async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<Exi
     store.complete_upload(&up, &receipts).await?;
     let secs = t0.elapsed().as_secs_f64();
     store.delete(&loc.path, None).await?;
-    println!(
+    out!(
         "{} in {secs:.2}s: {}/s",
         human(size),
         human((size as f64 / secs) as u64)

@@ -184,9 +184,9 @@ pub fn print_plan(outcomes: &[FileOutcome]) {
                 } else {
                     format!("{strategy:?}")
                 };
-                println!("{} -> {}  {}  {how}", o.src, o.dst, human(size));
+                out!("{} -> {}  {}  {how}", o.src, o.dst, human(size));
             }
-            _ => println!(
+            _ => out!(
                 "{} -> {}  cannot be planned: {}",
                 o.src,
                 o.dst,

@@ -622,3 +622,32 @@ async fn verify_and_status_commands() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("no transfer with id 'nosuchid'"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_standard_output_ends_quietly_not_with_a_panic() {
+    let e = env("cli-pipe");
+    let p = prefix("cli-pipe");
+    let s = ga().await;
+    put(
+        s.as_ref(),
+        "src",
+        &format!("{p}a"),
+        data(100, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_barge"))
+        .arg("--config")
+        .arg(&e.config)
+        .args(["verify", &format!("ga:src/{p}a"), &format!("ga:src/{p}a")])
+        .env_remove("BARGE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run barge");
+    drop(child.stdout.take()); // like `barge ... | head -0`
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(141), "{err}");
+}
