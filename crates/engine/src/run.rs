@@ -785,33 +785,45 @@ pub async fn abort_transfer(conns: &Connections, journal: &dyn Journal, id: &str
             "no transfer with id '{id}' in the journal (see `barge list`)"
         ))
     })?;
-    let mut aborted = 0;
-    for f in journal.files(&t.id).await? {
-        if f.state == FileState::Completed {
-            continue;
-        }
-        if let Some(upload_id) = &f.upload_id {
-            let store = conns.get(&f.plan.dst.conn).await?;
-            store
-                .abort_upload(&UploadRef {
-                    path: f.plan.dst.path.clone(),
-                    upload_id: upload_id.clone(),
-                })
-                .await?;
-            aborted += 1;
-        }
-        journal
-            .file_state(
-                &t.id,
-                f.plan.id,
-                FileState::Failed,
-                Some("aborted by the user"),
-            )
-            .await?;
-    }
+    // The journal first, in one statement: workers stop claiming the transfer's work at once.
+    let open: Vec<FileRecord> = journal
+        .files(&t.id)
+        .await?
+        .into_iter()
+        .filter(|f| !matches!(f.state, FileState::Completed | FileState::Failed))
+        .collect();
+    journal
+        .fail_unfinished(&t.id, "aborted by the user")
+        .await?;
     journal
         .set_transfer_state(&t.id, TransferState::Aborted)
         .await?;
+    let mut aborted = 0;
+    let mut left = Vec::new();
+    for f in open {
+        let Some(upload_id) = f.upload_id else {
+            continue;
+        };
+        let store = conns.get(&f.plan.dst.conn).await?;
+        match store
+            .abort_upload(&UploadRef {
+                path: f.plan.dst.path.clone(),
+                upload_id,
+            })
+            .await
+        {
+            Ok(()) | Err(StoreError::NoSuchUpload { .. }) => aborted += 1,
+            Err(e) => left.push(format!("{}: {e}", f.plan.dst)),
+        }
+    }
+    if !left.is_empty() {
+        return Err(EngineError::Input(format!(
+            "transfer {} is aborted, but {} upload(s) could not be aborted ({}); `barge cleanup` removes them later",
+            t.id,
+            left.len(),
+            left.join("; ")
+        )));
+    }
     Ok(aborted)
 }
 

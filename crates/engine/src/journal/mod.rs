@@ -159,6 +159,18 @@ pub trait Journal: Send + Sync {
         error: Option<&str>,
     ) -> Result<()>;
 
+    /// Mark every unfinished file of a transfer failed (for workers: its work stopped, its
+    /// destination freed). Backends override it with one statement.
+    async fn fail_unfinished(&self, transfer: &str, error: &str) -> Result<()> {
+        for f in self.files(transfer).await? {
+            if !matches!(f.state, FileState::Completed | FileState::Failed) {
+                self.file_state(transfer, f.plan.id, FileState::Failed, Some(error))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Per-file progress for `barge status`, from `files` and `receipts`.
     async fn status(&self, transfer: &str) -> Result<Vec<FileStatus>> {
         let files = self.files(transfer).await?;

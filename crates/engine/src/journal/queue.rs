@@ -362,8 +362,9 @@ impl SqlJournal {
         // Counted after the commit: of two workers finishing the last two parts at once, the
         // later one sees both done.
         let left: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM barge_work \
-             WHERE transfer_id = $1 AND file_id = $2 AND kind = 'part' AND state <> 'done'",
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM barge_work \
+             WHERE transfer_id = $1 AND file_id = $2 AND kind = 'part' \
+             AND state IN ('ready', 'leased') LIMIT 1) AS x",
         )
         .bind(&task.transfer)
         .bind(task.file as i64)
@@ -489,7 +490,7 @@ impl SqlJournal {
                THEN 'failed' ELSE 'done' END \
              WHERE id = $2 AND state = 'running' AND NOT EXISTS \
                (SELECT 1 FROM barge_files f WHERE f.transfer_id = $2 \
-                AND f.state NOT IN ('completed', 'failed'))",
+                AND f.state IN ('pending', 'planned', 'uploading'))",
         )
         .bind(now())
         .bind(transfer)
@@ -517,11 +518,12 @@ impl SqlJournal {
         .transpose()
     }
 
-    /// Tasks of a queue not yet done (ready or leased): zero means a worker has nothing left to
-    /// wait for.
+    /// Whether a queue holds tasks not yet done (ready or leased): 0 means a worker has nothing
+    /// left to wait for; otherwise 1.
     pub async fn unfinished_work(&self, queue: &str) -> Result<u64> {
         let n: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM barge_work WHERE queue = $1 AND state IN ('ready', 'leased')",
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM barge_work \
+             WHERE queue = $1 AND state IN ('ready', 'leased') LIMIT 1) AS x",
         )
         .bind(queue)
         .fetch_one(&self.pool)

@@ -74,6 +74,8 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS barge_work_ready ON barge_work (queue, state, kind, transfer_id, file_id, number)",
     "CREATE INDEX IF NOT EXISTS barge_work_owner ON barge_work (owner, state)",
+    "CREATE INDEX IF NOT EXISTS barge_work_file ON barge_work (transfer_id, file_id, kind, state)",
+    "CREATE INDEX IF NOT EXISTS barge_files_state ON barge_files (transfer_id, state)",
     // Destinations of submitted transfers whose files are not finished: a second submission to
     // the same destination is refused by the primary key, race-free across machines.
     "CREATE TABLE IF NOT EXISTS barge_destinations (
@@ -81,6 +83,7 @@ const SCHEMA: &[&str] = &[
         transfer_id TEXT NOT NULL,
         file_id BIGINT NOT NULL
     )",
+    "CREATE INDEX IF NOT EXISTS barge_destinations_file ON barge_destinations (transfer_id, file_id)",
 ];
 
 const TRANSFER_COLS: &str = "id, fingerprint, created_at, updated_at, state, spec";
@@ -265,6 +268,35 @@ impl SqlJournal {
 impl Journal for SqlJournal {
     fn durable(&self) -> bool {
         true
+    }
+
+    async fn fail_unfinished(&self, transfer: &str, error: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        sqlx::query(
+            "UPDATE barge_files SET state = 'failed', error = $1, updated_at = $2 \
+             WHERE transfer_id = $3 AND state IN ('pending', 'planned', 'uploading')",
+        )
+        .bind(error)
+        .bind(now())
+        .bind(transfer)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "UPDATE barge_work SET state = 'failed', owner = NULL \
+             WHERE transfer_id = $1 AND state IN ('ready', 'leased')",
+        )
+        .bind(transfer)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        sqlx::query("DELETE FROM barge_destinations WHERE transfer_id = $1")
+            .bind(transfer)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     async fn find_resumable(&self, fingerprint: &str) -> Result<Option<TransferRecord>> {
