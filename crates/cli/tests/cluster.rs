@@ -576,3 +576,87 @@ async fn resume_of_a_submitted_transfer_retries_its_failed_files() {
         sha256(&body)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_gives_its_parts_back_at_once() {
+    let config = config_file("cl-leave");
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-leave");
+    let body = data(120 * MIB, 9);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let q = queue("leave");
+    let o = barge_cmd(&config, &pg_url())
+        .args([
+            "submit",
+            &format!("ga:src/{p}big"),
+            &format!("gb:dst/{p}big"),
+        ])
+        .args(["--queue", &q, "--part-size", "5MiB"])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // A long lease: if the leaving worker did not give its parts back, the next one would wait
+    // ten minutes for them.
+    let mut leaving = barge_cmd(&config, &pg_url())
+        .args([
+            "worker",
+            "--queue",
+            &q,
+            "--lease",
+            "600s",
+            "--concurrency",
+            "4",
+        ])
+        .env("BARGE_LOG", "warn,barge_engine::cluster=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let stderr = leaving.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the worker logs its claims")
+            .expect("read");
+        if line.contains("claimed part") {
+            break;
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &leaving.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = leaving.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "a stop on a signal exits 130");
+    let s = status_json(&config, &id);
+    assert_eq!(s["transfer"]["state"], "running", "{s:#}");
+
+    let joining = barge_cmd(&config, &pg_url())
+        .args([
+            "worker",
+            "--queue",
+            &q,
+            "--lease",
+            "600s",
+            "--exit-when-idle",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let o = wait(joining, 120, "joining worker");
+    assert_eq!(o.status.code(), Some(0), "{}", out_text(&o).1);
+    assert_eq!(status_json(&config, &id)["transfer"]["state"], "done");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&body)
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}

@@ -182,12 +182,22 @@ impl SqlJournal {
             pg: is_pg,
             shown,
         };
-        for stmt in SCHEMA {
-            sqlx::query(*stmt)
-                .execute(&j.pool)
+        // One transaction, and on PostgreSQL under an advisory lock: `CREATE ... IF NOT EXISTS`
+        // is not safe against itself, and many workers may start at once on a fresh database.
+        let mut tx = j.pool.begin().await.map_err(|e| j.err(e))?;
+        if is_pg {
+            sqlx::query("SELECT pg_advisory_xact_lock(4242420001)")
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| j.err(e))?;
         }
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| j.err(e))?;
+        }
+        tx.commit().await.map_err(|e| j.err(e))?;
         // Prove it is writable now, not after bytes have moved.
         let probe = format!("probe-{}", uuid::Uuid::new_v4().simple());
         sqlx::query(
