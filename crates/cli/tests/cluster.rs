@@ -59,6 +59,72 @@ async fn journal() -> Arc<SqlJournal> {
     Arc::new(SqlJournal::open(&pg_url()).await.expect("open the journal"))
 }
 
+/// Put `len` bytes of test data at ga:src/{p}big and submit its copy to gb:dst/{p}big on queue
+/// `q`, in 5 MiB parts. Returns the transfer id and the bytes.
+async fn submit_big(
+    config: &std::path::Path,
+    p: &str,
+    q: &str,
+    len: usize,
+    seed: u64,
+) -> (String, bytes::Bytes) {
+    let body = data(len, seed);
+    let ga = store("ga").await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge_cmd(config, &pg_url())
+        .args([
+            "submit",
+            &format!("ga:src/{p}big"),
+            &format!("gb:dst/{p}big"),
+        ])
+        .args(["--queue", q, "--part-size", "5MiB"])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    (id, body)
+}
+
+/// Start a worker on queue `q` (with `args`) and return once it holds a part.
+fn worker_holding_parts(config: &std::path::Path, q: &str, args: &[&str]) -> Child {
+    let mut w = barge_cmd(config, &pg_url())
+        .args(["worker", "--queue", q])
+        .args(args)
+        .env("BARGE_LOG", "warn,barge_engine::cluster=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let stderr = w.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    loop {
+        let Some(Ok(line)) = lines.next() else {
+            let status = w.wait().expect("wait");
+            panic!("the worker ended ({status}) before claiming a part:\n{seen}");
+        };
+        if line.contains("claimed part") {
+            break;
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+        assert!(
+            Instant::now() < deadline,
+            "the worker never claimed a part:\n{seen}"
+        );
+    }
+    // Keep draining its log, so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    w
+}
+
 fn status_json(config: &std::path::Path, id: &str) -> serde_json::Value {
     let o = barge_cmd(config, &pg_url())
         .args(["status", id, "--json"])
@@ -162,60 +228,16 @@ async fn submit_returns_an_id_and_only_workers_of_its_queue_do_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_one_worker_of_three_and_the_others_finish_byte_identical() {
     let config = config_file("cl-kill");
-    let (ga, gb) = (store("ga").await, store("gb").await);
+    let gb = store("gb").await;
     let p = prefix("cl-kill");
-    let body = data(160 * MIB + 77, 2);
-    put(
-        ga.as_ref(),
-        "src",
-        &format!("{p}big"),
-        body.clone(),
-        &ObjectAttrs::default(),
-    )
-    .await;
     let q = queue("kill");
-    let o = barge_cmd(&config, &pg_url())
-        .args([
-            "submit",
-            &format!("ga:src/{p}big"),
-            &format!("gb:dst/{p}big"),
-        ])
-        .args(["--queue", &q, "--part-size", "5MiB"])
-        .output()
-        .expect("submit");
-    let (id, err) = out_text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-
+    let (id, body) = submit_big(&config, &p, &q, 160 * MIB + 77, 2).await;
     // The victim starts alone, and dies as soon as it holds parts.
-    let mut victim = barge_cmd(&config, &pg_url())
-        .args([
-            "worker",
-            "--queue",
-            &q,
-            "--lease",
-            "2s",
-            "--concurrency",
-            "4",
-            "--id",
-            "victim",
-        ])
-        .env("BARGE_LOG", "warn,barge_engine::cluster=debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("victim");
-    let stderr = victim.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = lines
-            .next()
-            .expect("the victim logs its claims")
-            .expect("read");
-        if line.contains("claimed part") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the victim never claimed a part");
-    }
+    let mut victim = worker_holding_parts(
+        &config,
+        &q,
+        &["--lease", "2s", "--concurrency", "4", "--id", "victim"],
+    );
     victim.kill().expect("kill -9");
     victim.wait().expect("reap");
 
@@ -580,56 +602,13 @@ async fn resume_of_a_submitted_transfer_retries_its_failed_files() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_with_sigterm_gives_its_parts_back_at_once() {
     let config = config_file("cl-leave");
-    let (ga, gb) = (store("ga").await, store("gb").await);
+    let gb = store("gb").await;
     let p = prefix("cl-leave");
-    let body = data(120 * MIB, 9);
-    put(
-        ga.as_ref(),
-        "src",
-        &format!("{p}big"),
-        body.clone(),
-        &ObjectAttrs::default(),
-    )
-    .await;
     let q = queue("leave");
-    let o = barge_cmd(&config, &pg_url())
-        .args([
-            "submit",
-            &format!("ga:src/{p}big"),
-            &format!("gb:dst/{p}big"),
-        ])
-        .args(["--queue", &q, "--part-size", "5MiB"])
-        .output()
-        .expect("submit");
-    let (id, err) = out_text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    let (id, body) = submit_big(&config, &p, &q, 120 * MIB, 9).await;
     // A long lease: if the leaving worker did not give its parts back, the next one would wait
     // ten minutes for them.
-    let mut leaving = barge_cmd(&config, &pg_url())
-        .args([
-            "worker",
-            "--queue",
-            &q,
-            "--lease",
-            "600s",
-            "--concurrency",
-            "4",
-        ])
-        .env("BARGE_LOG", "warn,barge_engine::cluster=debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("worker");
-    let stderr = leaving.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("the worker logs its claims")
-            .expect("read");
-        if line.contains("claimed part") {
-            break;
-        }
-    }
+    let mut leaving = worker_holding_parts(&config, &q, &["--lease", "600s", "--concurrency", "4"]);
     Command::new("kill")
         .args(["-TERM", &leaving.id().to_string()])
         .status()
