@@ -244,7 +244,16 @@ impl Worker {
                     .await;
                 let tasks = match claimed {
                     Ok(t) => t,
-                    Err(e) => break Err(e),
+                    Err(EngineError::JournalUnavailable(msg)) => {
+                        break Err(EngineError::JournalUnavailable(msg));
+                    }
+                    Err(e) => {
+                        // A statement that failed for another reason is no reason to stop
+                        // working: say so, wait, claim again.
+                        tracing::error!("claiming work failed: {e}; trying again");
+                        tokio::time::sleep(poll_max).await;
+                        continue;
+                    }
                 };
                 self.metrics
                     .claim_seconds
@@ -335,7 +344,8 @@ impl Worker {
     }
 
     /// A journal call, retried while the journal's server cannot be reached (restarting, a
-    /// network blip), up to `journal_wait`.
+    /// network blip) or the statement lost a conflict with another worker's, up to
+    /// `journal_wait`.
     async fn db<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: Fn() -> Fut,

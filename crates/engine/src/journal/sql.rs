@@ -543,7 +543,8 @@ impl Journal for SqlJournal {
     }
 }
 
-/// Errors that say "the server cannot be reached now", not "this statement is wrong".
+/// Errors that say "not now" (the server cannot be reached, or the statement lost a conflict with
+/// another worker's), not "this statement is wrong".
 fn unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -554,10 +555,13 @@ fn unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(d) => d.code().is_some_and(|c| {
             // PostgreSQL: 08 connection exception, 57P admin shutdown / cannot connect now,
-            // 53 insufficient resources. SQLite: 5 busy, 6 locked.
+            // 53 insufficient resources, 40 transaction rollback (a deadlock between workers'
+            // lease updates, a serialization failure): worth trying again.
+            // SQLite: 5 busy, 6 locked.
             c.starts_with("08")
                 || c.starts_with("57P")
                 || c.starts_with("53")
+                || c.starts_with("40")
                 || c == "5"
                 || c == "6"
         }),
