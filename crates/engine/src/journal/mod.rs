@@ -21,6 +21,7 @@ use crate::location::{ConnRef, Location};
 use crate::plan::{FilePlan, Strategy};
 
 pub use memory::MemoryJournal;
+pub use queue::TaskKind;
 pub use sql::SqlJournal;
 
 pub type FileId = usize;
@@ -69,6 +70,7 @@ macro_rules! str_enum {
 
 str_enum!(FileState { Pending = "pending", Planned = "planned", Uploading = "uploading", Completed = "completed", Failed = "failed" });
 str_enum!(TransferState { Running = "running", Interrupted = "interrupted", Done = "done", Failed = "failed", Aborted = "aborted" });
+str_enum!(TaskKind { Plan = "plan", Part = "part", Finalize = "finalize" });
 str_enum!(Strategy { SinglePut = "single-put", ServerCopy = "server-copy", ServerPartCopy = "server-part-copy", StreamParts = "stream-parts" });
 
 impl TransferState {

@@ -29,26 +29,6 @@ pub enum TaskKind {
     Finalize,
 }
 
-impl TaskKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::Plan => "plan",
-            TaskKind::Part => "part",
-            TaskKind::Finalize => "finalize",
-        }
-    }
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "plan" => Ok(TaskKind::Plan),
-            "part" => Ok(TaskKind::Part),
-            "finalize" => Ok(TaskKind::Finalize),
-            other => Err(EngineError::Journal(format!(
-                "unknown work kind '{other}' in the journal (written by a newer barge?)"
-            ))),
-        }
-    }
-}
-
 /// One claimed unit of work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
@@ -338,22 +318,8 @@ impl SqlJournal {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         // The receipt is kept even if the lease was lost: the bytes are the pinned source's, the
         // same whoever moved them, and finalize checks every receipt against the store anyway.
-        sqlx::query(
-            "INSERT INTO barge_parts (transfer_id, file_id, upload_id, number, etag, len, crc32c) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (transfer_id, file_id, upload_id, number) DO UPDATE SET \
-             etag = excluded.etag, len = excluded.len, crc32c = excluded.crc32c",
-        )
-        .bind(&task.transfer)
-        .bind(task.file as i64)
-        .bind(upload_id)
-        .bind(i64::from(receipt.number))
-        .bind(&receipt.etag)
-        .bind(receipt.len as i64)
-        .bind(receipt.crc32c.clone())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        self.record_receipt(&mut *tx, &task.transfer, task.file, upload_id, receipt)
+            .await?;
         let owned = mark_done(self, &mut *tx, task, owner).await?;
         tx.commit().await.map_err(|e| self.err(e))?;
         if !owned {
@@ -403,17 +369,8 @@ impl SqlJournal {
         if !mark_done(self, &mut *tx, task, owner).await? {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE barge_files SET upload_id = $1, state = 'uploading', error = NULL, updated_at = $2 \
-             WHERE transfer_id = $3 AND file_id = $4",
-        )
-        .bind(upload_id)
-        .bind(now())
-        .bind(&task.transfer)
-        .bind(task.file as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        self.record_upload(&mut *tx, &task.transfer, task.file, upload_id)
+            .await?;
         // Parts left from an earlier upload of this file (a re-plan) are replaced.
         sqlx::query(
             "DELETE FROM barge_work WHERE transfer_id = $1 AND file_id = $2 AND kind <> 'plan'",
@@ -536,45 +493,36 @@ impl SqlJournal {
     /// `barge resume` of a submitted transfer: failed files are planned afresh (their uploads
     /// were aborted when they failed), and the transfer runs again.
     pub async fn requeue_failed(&self, transfer: &str, queue: &str) -> Result<u64> {
+        // Three statements for the whole transfer, not three per file.
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let failed: Vec<i64> = sqlx::query(
-            "SELECT file_id FROM barge_files WHERE transfer_id = $1 AND state = 'failed'",
+        sqlx::query(
+            "DELETE FROM barge_work WHERE transfer_id = $1 AND file_id IN \
+             (SELECT file_id FROM barge_files WHERE transfer_id = $2 AND state = 'failed')",
         )
         .bind(transfer)
-        .fetch_all(&mut *tx)
+        .bind(transfer)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        sqlx::query(
+            "INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+             SELECT transfer_id, file_id, 'plan', 0, $1, 'ready' FROM barge_files \
+             WHERE transfer_id = $2 AND state = 'failed'",
+        )
+        .bind(queue)
+        .bind(transfer)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?;
+        let failed = sqlx::query(
+            "UPDATE barge_files SET state = 'pending', upload_id = NULL, error = NULL \
+             WHERE transfer_id = $1 AND state = 'failed'",
+        )
+        .bind(transfer)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?
-        .iter()
-        .map(|r| r.try_get::<i64, _>("file_id"))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| self.err(e))?;
-        for f in &failed {
-            sqlx::query("DELETE FROM barge_work WHERE transfer_id = $1 AND file_id = $2")
-                .bind(transfer)
-                .bind(f)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-            sqlx::query(
-                "INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
-                 VALUES ($1, $2, 'plan', 0, $3, 'ready')",
-            )
-            .bind(transfer)
-            .bind(f)
-            .bind(queue)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
-            sqlx::query(
-                "UPDATE barge_files SET state = 'pending', upload_id = NULL, error = NULL \
-                 WHERE transfer_id = $1 AND file_id = $2",
-            )
-            .bind(transfer)
-            .bind(f)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
-        }
+        .rows_affected();
         sqlx::query("UPDATE barge_transfers SET state = 'running', updated_at = $1 WHERE id = $2")
             .bind(now())
             .bind(transfer)
@@ -582,7 +530,7 @@ impl SqlJournal {
             .await
             .map_err(|e| self.err(e))?;
         tx.commit().await.map_err(|e| self.err(e))?;
-        Ok(failed.len() as u64)
+        Ok(failed)
     }
 }
 

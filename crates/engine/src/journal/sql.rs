@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use barge_store::{ObjectAttrs, PartReceipt, Pin};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 use super::{
     FileId, FileRecord, FileState, Journal, TransferRecord, TransferState, conn_to_str, location,
@@ -220,6 +220,63 @@ impl SqlJournal {
         &self.shown
     }
 
+    /// A file's upload id, and the file marked uploading: on a connection or in a transaction.
+    pub(super) async fn record_upload<'c, E>(
+        &self,
+        conn: E,
+        transfer: &str,
+        file: FileId,
+        upload_id: &str,
+    ) -> Result<()>
+    where
+        E: Executor<'c, Database = sqlx::Any>,
+    {
+        sqlx::query(
+            "UPDATE barge_files SET upload_id = $1, state = 'uploading', error = NULL, updated_at = $2 \
+             WHERE transfer_id = $3 AND file_id = $4",
+        )
+        .bind(upload_id)
+        .bind(now())
+        .bind(transfer)
+        .bind(file as i64)
+        .execute(conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A part's receipt (replacing an earlier one of the same upload and number): on a
+    /// connection or in a transaction.
+    pub(super) async fn record_receipt<'c, E>(
+        &self,
+        conn: E,
+        transfer: &str,
+        file: FileId,
+        upload_id: &str,
+        receipt: &PartReceipt,
+    ) -> Result<()>
+    where
+        E: Executor<'c, Database = sqlx::Any>,
+    {
+        sqlx::query(
+            "INSERT INTO barge_parts (transfer_id, file_id, upload_id, number, etag, len, crc32c) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (transfer_id, file_id, upload_id, number) DO UPDATE SET \
+             etag = excluded.etag, len = excluded.len, crc32c = excluded.crc32c",
+        )
+        .bind(transfer)
+        .bind(file as i64)
+        .bind(upload_id)
+        .bind(i64::from(receipt.number))
+        .bind(&receipt.etag)
+        .bind(receipt.len as i64)
+        .bind(receipt.crc32c.clone())
+        .execute(conn)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub(super) fn err(&self, e: sqlx::Error) -> EngineError {
         let msg = format!("journal {}: {e}", self.shown);
         if unavailable(&e) {
@@ -429,18 +486,9 @@ impl Journal for SqlJournal {
     }
 
     async fn upload_started(&self, transfer: &str, file: FileId, upload_id: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE barge_files SET upload_id = $1, state = 'uploading', error = NULL, updated_at = $2 \
-             WHERE transfer_id = $3 AND file_id = $4",
-        )
-        .bind(upload_id)
-        .bind(now())
-        .bind(transfer)
-        .bind(file as i64)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        self.record_upload(&mut *conn, transfer, file, upload_id)
+            .await
     }
 
     async fn part_done(
@@ -450,23 +498,9 @@ impl Journal for SqlJournal {
         upload_id: &str,
         receipt: &PartReceipt,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO barge_parts (transfer_id, file_id, upload_id, number, etag, len, crc32c) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (transfer_id, file_id, upload_id, number) DO UPDATE SET \
-             etag = excluded.etag, len = excluded.len, crc32c = excluded.crc32c",
-        )
-        .bind(transfer)
-        .bind(file as i64)
-        .bind(upload_id)
-        .bind(i64::from(receipt.number))
-        .bind(&receipt.etag)
-        .bind(receipt.len as i64)
-        .bind(receipt.crc32c.clone())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        self.record_receipt(&mut *conn, transfer, file, upload_id, receipt)
+            .await
     }
 
     async fn receipts(
