@@ -180,7 +180,6 @@ pub async fn run_shared(
     specs: Vec<TransferSpec>,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
-    let opts = common.run_options()?;
     let fp = fingerprint(&specs);
     let earlier = journal.find_resumable(&fp).await?;
     let (tid, resumed) = match earlier {
@@ -193,7 +192,7 @@ pub async fn run_shared(
         },
         None => (submit_from(&journal, specs, common).await?, false),
     };
-    work_on(conns, journal, &tid, resumed, common, opts.concurrency).await
+    work_on(conns, journal, &tid, resumed, common).await
 }
 
 async fn submit_from(
@@ -228,8 +227,7 @@ pub async fn resume_shared(
     if n > 0 && !common.quiet {
         eprintln!("transfer {tid}: {n} failed file(s) planned again");
     }
-    let opts = common.run_options()?;
-    work_on(conns, journal, tid, true, common, opts.concurrency).await
+    work_on(conns, journal, tid, true, common).await
 }
 
 /// Work on one transfer here until it is finished, showing its progress from the journal
@@ -240,7 +238,6 @@ async fn work_on(
     tid: &str,
     resumed: bool,
     common: &Common,
-    concurrency: usize,
 ) -> anyhow::Result<ExitCode> {
     let opts = common.run_options()?;
     let queue = journal
@@ -253,7 +250,7 @@ async fn work_on(
         journal.clone(),
         WorkerOptions {
             queue,
-            concurrency,
+            concurrency: opts.concurrency,
             max_memory: opts.plan.max_memory,
             retry: opts.retry.clone(),
             ..WorkerOptions::default()
