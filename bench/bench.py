@@ -8,7 +8,8 @@ table reports the median and the spread (min-max) of wall time, throughput, clie
 
 Environment: BENCH_BIG (scenarios 1, 4, 5; default 4GiB), BENCH_HUGE (scenario 2; 6GiB),
 BENCH_SMALL_COUNT (scenario 3; 5000), BENCH_ROUNDS (3), BENCH_SCENARIOS (e.g. "1,2"),
-BENCH_CONCURRENCY (16 for every tool).
+BENCH_CONCURRENCY (16 for every tool), BENCH_AIRFLOW_PYTHON (set by run.sh: the real Airflow DAG
+joins scenario 1), BENCH_AIRFLOW_ROUNDS (1: it is slow).
 """
 import json
 import os
@@ -43,6 +44,10 @@ SMALL_COUNT = int(os.environ.get("BENCH_SMALL_COUNT", "5000"))
 SMALL_SIZE = 64 * 1024
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONC = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+# The real Airflow DAG runs in scenario 1 when bench/run.sh has installed Airflow (its python).
+AIRFLOW_PYTHON = os.environ.get("BENCH_AIRFLOW_PYTHON", "")
+# It moves about 1 chunk task per second on 2 cores: 4 GiB takes over 10 minutes a round.
+AIRFLOW_ROUNDS = int(os.environ.get("BENCH_AIRFLOW_ROUNDS", "1"))
 SCENARIOS = [s.strip() for s in os.environ.get("BENCH_SCENARIOS", "1,2,3,4,5").split(",")]
 
 E = {k: os.environ[k] for k in os.environ if k.startswith("BARGE_TEST_")}
@@ -107,21 +112,42 @@ def delete_prefix(profile, bucket, prefix):
         c.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
 
 
+def server_cpu():
+    """CPU seconds (user+sys) the two Garage servers have used so far."""
+    total = 0.0
+    for name in ("a", "b"):
+        try:
+            pid = (ROOT / ".testbed" / name / "pid").read_text().strip()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+    return total
+
+
 def run_timed(argv, shell=False):
-    """Run a command under GNU time: (ok, wall s, cpu s, peak RSS MiB, error text)."""
+    """Run a command under GNU time: (ok, wall s, cpu s, peak RSS MiB, error text, server cpu s).
+
+    A command that prints "moved in SECONDS" as its last line (the real Airflow DAG, whose
+    scheduler start is not part of a transfer) has that taken as its wall time."""
     out = WORK / "time.txt"
     cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(out)]
     cmd += ["bash", "-c", argv] if shell else argv
+    srv0 = server_cpu()
     t0 = time.monotonic()
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    srv = server_cpu() - srv0
+    last = (p.stdout.strip().splitlines() or [""])[-1]
+    if p.returncode == 0 and last.startswith("moved in "):
+        wall = float(last.split()[-1])
     try:
         e, u, s, m = out.read_text().strip().splitlines()[-1].split()
         cpu, rss = float(u) + float(s), int(m) / 1024
     except Exception:  # noqa: BLE001 - a failed command may leave no timing
         cpu, rss = float("nan"), float("nan")
     err = "" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1][:160]
-    return p.returncode == 0, wall, cpu, rss, err
+    return p.returncode == 0, wall, cpu, rss, err, srv
 
 
 def py(script, *args):
@@ -154,6 +180,9 @@ def tools_for(scn):
             "boto3": lambda d: (py("boto3_transfer.py", "copy", "a", "src", "bench/big", "b", "dst", f"{d}/big"), False),
             "airflow pattern": lambda d: (py("airflow_replay.py", "a", "src", "bench/big", "b", "dst", f"{d}/big"), False),
             "s5cmd": None,
+            **({"airflow DAG (real)": lambda d: (
+                [AIRFLOW_PYTHON, str(ROOT / "bench" / "airflow_dag.py"), "run", str(WORK / "airflow"),
+                 "a", "src", "bench/big", "b", "dst", f"{d}/big"], False)} if AIRFLOW_PYTHON else {}),
         }
     if scn == "2":
         return {
@@ -193,6 +222,11 @@ def tools_for(scn):
             "s5cmd": lambda d: (["s5cmd", *S5("a"), "cp", "--concurrency", str(CONC),
                                  "--part-size", "16", "s3://src/bench/big", down], False),
             "boto3": lambda d: (py("boto3_transfer.py", "download", "a", "src", "bench/big", down), False),
+            # barge reports a download done once the file is on disk (fsync); the peers return
+            # with it in the page cache. The fastest of them, timed until its file is durable too:
+            "s5cmd + sync FILE": lambda d: (
+                f"s5cmd {' '.join(S5('a'))} cp --concurrency {CONC} --part-size 16 s3://src/bench/big {down}"
+                f" && sync {down}", True),
         }
     if scn == "5":
         return {
@@ -219,7 +253,7 @@ def scenario_bytes(scn):
 
 def ceiling():
     """The server's own ceiling for barge's upload path: in-memory parts, no reads."""
-    ok, wall, cpu, rss, err = run_timed([BARGE, "debug", "upload-ceiling", "b:dst/bench/ceiling",
+    ok, wall, cpu, rss, err, _ = run_timed([BARGE, "debug", "upload-ceiling", "b:dst/bench/ceiling",
                                          "--size", str(BIG), "--concurrency", str(CONC)])
     delete_prefix("b", "dst", "bench/ceiling")
     return BIG / wall / MIB if ok else None
@@ -227,6 +261,9 @@ def ceiling():
 
 def prepare():
     print("bench: preparing data", file=sys.stderr)
+    if AIRFLOW_PYTHON and "1" in SCENARIOS:
+        subprocess.run([AIRFLOW_PYTHON, str(ROOT / "bench" / "airflow_dag.py"), "setup", str(WORK / "airflow"),
+                        E["BARGE_TEST_PG_URL"]], env=ENV, check=True)
     subprocess.run(["head", "-c", str(BIG), "/dev/urandom"], stdout=open(WORK / "big.bin", "wb"), check=True)
     subprocess.run([BARGE, "cp", str(WORK / "big.bin"), "a:src/bench/big", "--quiet"], env=ENV, check=True)
     if "2" in SCENARIOS:
@@ -263,15 +300,19 @@ def main():
                 if f is None:
                     results.setdefault((scn, name), [])
                     continue
+                if name == "airflow DAG (real)" and rnd >= AIRFLOW_ROUNDS:
+                    continue
                 dest = f"bench/run/{scn}/{name.split()[0]}"
                 argv, shell = f(dest)
-                ok, wall, cpu, rss, err = run_timed(argv, shell)
+                ok, wall, cpu, rss, err, srv = run_timed(argv, shell)
                 print(f"bench: round {rnd + 1} scenario {scn} {name}: {'ok' if ok else 'FAILED'} "
-                      f"{wall:.1f}s cpu {cpu:.1f}s rss {rss:.0f}MiB {err}", file=sys.stderr)
-                results.setdefault((scn, name), []).append((ok, wall, cpu, rss, err))
+                      f"{wall:.1f}s cpu {cpu:.1f}s servers {srv:.1f}s rss {rss:.0f}MiB {err}", file=sys.stderr)
+                results.setdefault((scn, name), []).append((ok, wall, cpu, rss, err, srv))
                 delete_prefix("a", "dst", "bench/run/")
                 delete_prefix("b", "dst", "bench/run/")
                 (WORK / "down.bin").unlink(missing_ok=True)
+                # No tool starts with another's dirty pages still to write.
+                subprocess.run(["sync"], check=False)
     ceil = ceiling()
     report(scns, results, ceil)
 
@@ -282,8 +323,8 @@ def report(scns, results, ceil):
         f"Sizes: scenario 1/4/5 {BIG / GIB:.2f} GiB, scenario 2 {HUGE / GIB:.2f} GiB, "
         f"scenario 3 {SMALL_COUNT} x 64 KiB; {ROUNDS} round(s); concurrency {CONC} for every tool.",
         "",
-        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | peak RSS MiB | note |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | peak RSS MiB | servers' CPU s per GiB | note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for scn in scns:
         size = scenario_bytes(scn)
@@ -291,22 +332,24 @@ def report(scns, results, ceil):
             if s != scn:
                 continue
             if not runs:
-                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | cannot: one endpoint only |")
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | cannot: one endpoint only |")
                 continue
             good = [r for r in runs if r[0]]
             if not good:
-                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | failed: {runs[-1][4]} |")
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | failed: {runs[-1][4]} |")
                 continue
             walls = [r[1] for r in good]
             med = statistics.median(walls)
             cpu = statistics.median([r[2] for r in good]) / (size / GIB)
             rss = max(r[3] for r in good)
+            srv = statistics.median([r[5] for r in good]) / (size / GIB)
             thr = size / med / MIB
             rows.append({"scenario": scn, "tool": name, "wall": med, "min": min(walls), "max": max(walls),
-                         "mib_s": thr, "cpu_per_gib": cpu, "rss_mib": rss, "runs": len(good)})
+                         "mib_s": thr, "cpu_per_gib": cpu, "rss_mib": rss, "server_cpu_per_gib": srv,
+                         "runs": len(good)})
             note = "" if len(good) == len(runs) else f"{len(runs) - len(good)} run(s) failed"
             lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | {med:.1f} ({min(walls):.1f}-{max(walls):.1f}) | "
-                         f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {note} |")
+                         f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {srv:.2f} | {note} |")
     lines.append("")
     if ceil:
         lines.append(f"Server ceiling (barge's upload path, in-memory parts, no reads, to server B): {ceil:.0f} MiB/s.")
@@ -335,9 +378,10 @@ def ratios(rows):
         best_cpu = min(peers, key=lambda r: r["cpu_per_gib"])
         line = (f"- {SCENARIO_TITLE[scn]}: throughput {b['mib_s'] / best_thr['mib_s']:.2f}x {best_thr['tool']}; "
                 f"CPU per GiB {b['cpu_per_gib'] / max(best_cpu['cpu_per_gib'], 1e-9):.2f}x {best_cpu['tool']}")
-        air = [r for r in rs if r["tool"] == "airflow pattern"]
-        if air:
-            line += f"; {b['mib_s'] / air[0]['mib_s']:.1f}x the Airflow pattern"
+        for tool in ("airflow pattern", "airflow DAG (real)", "s5cmd + sync FILE"):
+            air = [r for r in rs if r["tool"] == tool]
+            if air:
+                line += f"; {b['mib_s'] / air[0]['mib_s']:.2f}x {tool}"
         out.append(line)
     return out
 
