@@ -4,7 +4,9 @@
 Run through bench/run.sh, which installs the peers, starts the two Garage servers and builds
 barge. Each scenario runs every tool once per round, the order rotating between rounds; the
 table reports the median and the spread (min-max) of wall time, throughput, client CPU seconds
-(user+sys) per GiB moved and client peak RSS, measured by GNU time around each command.
+(user+sys) per GiB moved and client peak RSS, measured by GNU time around each command; the two
+Garage servers' CPU seconds per GiB (from /proc) and how busy the machine's cores were (client and
+servers' CPU over cores x wall time): near 100% means the run was bound by this machine's CPU.
 
 Environment: BENCH_BIG (scenarios 1, 4, 5; default 4GiB), BENCH_HUGE (scenario 2; 6GiB),
 BENCH_SMALL_COUNT (scenario 3; 5000), BENCH_ROUNDS (3), BENCH_SCENARIOS (e.g. "1,2"),
@@ -52,6 +54,7 @@ SCENARIOS = [s.strip() for s in os.environ.get("BENCH_SCENARIOS", "1,2,3,4,5").s
 
 E = {k: os.environ[k] for k in os.environ if k.startswith("BARGE_TEST_")}
 WORK = Path(tempfile.mkdtemp(prefix="barge-bench-"))
+NCPU = os.cpu_count() or 1
 
 
 def setup_configs():
@@ -261,6 +264,7 @@ def ceiling():
 
 def prepare():
     print("bench: preparing data", file=sys.stderr)
+    delete_prefix("a", "src", "bench/")  # nothing from an earlier run on the same servers
     if AIRFLOW_PYTHON and "1" in SCENARIOS:
         subprocess.run([AIRFLOW_PYTHON, str(ROOT / "bench" / "airflow_dag.py"), "setup", str(WORK / "airflow"),
                         E["BARGE_TEST_PG_URL"]], env=ENV, check=True)
@@ -323,8 +327,8 @@ def report(scns, results, ceil):
         f"Sizes: scenario 1/4/5 {BIG / GIB:.2f} GiB, scenario 2 {HUGE / GIB:.2f} GiB, "
         f"scenario 3 {SMALL_COUNT} x 64 KiB; {ROUNDS} round(s); concurrency {CONC} for every tool.",
         "",
-        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | peak RSS MiB | servers' CPU s per GiB | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | peak RSS MiB | servers' CPU s per GiB | machine busy | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for scn in scns:
         size = scenario_bytes(scn)
@@ -332,11 +336,11 @@ def report(scns, results, ceil):
             if s != scn:
                 continue
             if not runs:
-                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | cannot: one endpoint only |")
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | - | cannot: one endpoint only |")
                 continue
             good = [r for r in runs if r[0]]
             if not good:
-                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | failed: {runs[-1][4]} |")
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | - | failed: {runs[-1][4]} |")
                 continue
             walls = [r[1] for r in good]
             med = statistics.median(walls)
@@ -344,12 +348,14 @@ def report(scns, results, ceil):
             rss = max(r[3] for r in good)
             srv = statistics.median([r[5] for r in good]) / (size / GIB)
             thr = size / med / MIB
+            # Client and servers' CPU over what the machine's cores could give in that time.
+            busy = statistics.median([(r[2] + r[5]) / (r[1] * NCPU) for r in good])
             rows.append({"scenario": scn, "tool": name, "wall": med, "min": min(walls), "max": max(walls),
                          "mib_s": thr, "cpu_per_gib": cpu, "rss_mib": rss, "server_cpu_per_gib": srv,
-                         "runs": len(good)})
+                         "busy": busy, "runs": len(good)})
             note = "" if len(good) == len(runs) else f"{len(runs) - len(good)} run(s) failed"
             lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | {med:.1f} ({min(walls):.1f}-{max(walls):.1f}) | "
-                         f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {srv:.2f} | {note} |")
+                         f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {srv:.2f} | {busy:.0%} | {note} |")
     lines.append("")
     if ceil:
         lines.append(f"Server ceiling (barge's upload path, in-memory parts, no reads, to server B): {ceil:.0f} MiB/s.")
