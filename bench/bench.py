@@ -128,6 +128,16 @@ def server_cpu():
     return total
 
 
+def wait_for_quiet_servers(limit_s=60):
+    """Wait until the servers use under 5% of a core (their background work after deletions)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = server_cpu()
+        time.sleep(1)
+        if not server_cpu() - before > 0.05:  # also stops on NaN (no /proc)
+            return
+
+
 def run_timed(argv, shell=False):
     """Run a command under GNU time: (ok, wall s, cpu s, peak RSS MiB, error text, server cpu s).
 
@@ -315,8 +325,10 @@ def main():
                 delete_prefix("a", "dst", "bench/run/")
                 delete_prefix("b", "dst", "bench/run/")
                 (WORK / "down.bin").unlink(missing_ok=True)
-                # No tool starts with another's dirty pages still to write.
+                # No tool starts with another's dirty pages still to write, or while the servers
+                # still clear away the last run's objects.
                 subprocess.run(["sync"], check=False)
+                wait_for_quiet_servers()
     ceil = ceiling()
     report(scns, results, ceil)
 

@@ -50,7 +50,7 @@ start_one() {
   cat >"$dir/garage.toml" <<EOF
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
-db_engine = "sqlite"
+db_engine = "lmdb"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
