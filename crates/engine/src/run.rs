@@ -16,6 +16,7 @@ use crate::connections::Connections;
 use crate::error::{EngineError, Result};
 use crate::finalize::{Expected, verify};
 use crate::input::{TransferSpec, check_unique};
+use crate::journal::batch::Completions;
 use crate::journal::{
     FileRecord, FileState, Journal, MemoryJournal, TransferRecord, TransferState,
 };
@@ -348,8 +349,10 @@ impl Engine {
 
         let files_in_flight = self.opts.concurrency.max(1);
         let tid_ref = tid.as_str();
+        let completions = Completions::new(self.journal.clone(), tid.clone());
+        let done = &completions;
         let moved: Vec<FileOutcome> = stream::iter(work.iter())
-            .map(|w| self.run_file(tid_ref, w))
+            .map(|w| self.run_file(tid_ref, w, done))
             .buffer_unordered(files_in_flight)
             .collect()
             .await;
@@ -376,7 +379,7 @@ impl Engine {
         Ok(summary)
     }
 
-    async fn run_file(&self, tid: &str, work: &Work) -> FileOutcome {
+    async fn run_file(&self, tid: &str, work: &Work, done: &Completions) -> FileOutcome {
         let plan = work.plan();
         self.observer.file_started(plan);
         let t0 = Instant::now();
@@ -384,7 +387,7 @@ impl Engine {
         let result = if self.cancel.is_cancelled() {
             Err(EngineError::Cancelled)
         } else {
-            self.move_file(tid, work).await
+            self.move_file(tid, work, done).await
         };
         let secs = t0.elapsed().as_secs_f64();
         let out = match result {
@@ -435,7 +438,7 @@ impl Engine {
         self.journal.durable() && (matches!(e, EngineError::Cancelled) || e.is_journal())
     }
 
-    async fn move_file(&self, tid: &str, work: &Work) -> Result<Done> {
+    async fn move_file(&self, tid: &str, work: &Work, done: &Completions) -> Result<Done> {
         let plan = work.plan();
         let src = self.conns.get(&plan.src.conn).await?;
         let dst = self.conns.get(&plan.dst.conn).await?;
@@ -453,10 +456,9 @@ impl Engine {
             }
         };
         // Recorded as done before the source goes: a crash between the two must not leave a
-        // journal that sends a resume looking for a source that is already deleted.
-        self.journal
-            .file_state(tid, plan.id, FileState::Completed, None)
-            .await?;
+        // journal that sends a resume looking for a source that is already deleted. Files that
+        // finish together are recorded in one transaction.
+        done.completed(plan.id).await?;
         let source_deleted = if self.opts.delete_source {
             self.delete_source(plan, &src).await?;
             true

@@ -8,6 +8,7 @@
 //! and one set of queries for SQLite, the default, and PostgreSQL, for many machines).
 //! The journal stores connection names, never credentials.
 
+pub mod batch;
 pub mod memory;
 pub mod queue;
 pub mod sql;
@@ -160,6 +161,16 @@ pub trait Journal: Send + Sync {
         state: FileState,
         error: Option<&str>,
     ) -> Result<()>;
+
+    /// Record several files completed at once (see [`batch`]). Backends override it with one
+    /// transaction.
+    async fn files_completed(&self, transfer: &str, files: &[FileId]) -> Result<()> {
+        for f in files {
+            self.file_state(transfer, *f, FileState::Completed, None)
+                .await?;
+        }
+        Ok(())
+    }
 
     /// Mark every unfinished file of a transfer failed (for workers: its work stopped, its
     /// destination freed). Backends override it with one statement.
