@@ -10,7 +10,6 @@ trigger to the run's end on its last line ("moved in S"): a production scheduler
 running, so its start is not counted. Airflow comes from its own virtualenv (AIRFLOW_PYTHON's
 bin directory), installed by bench/run.sh.
 """
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 DAGS = Path(__file__).resolve().parent / "airflow"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")  # this virtualenv's command
 SLOTS = 16
 
 
@@ -43,8 +43,7 @@ def env_for(home, pg_url=None):
 
 
 def airflow(home, *args, pg_url=None):
-    exe = Path(sys.executable).parent / "airflow"
-    subprocess.run([str(exe), *args], env=env_for(home, pg_url), check=True,
+    subprocess.run([AIRFLOW, *args], env=env_for(home, pg_url), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -76,9 +75,8 @@ def run(home, sp, sb, sk, dp, db, dk):
     from airflow.models import DagRun
     from airflow.utils.session import create_session
 
-    exe = Path(sys.executable).parent / "airflow"
     log = open(Path(home) / "scheduler.log", "w")
-    sched = subprocess.Popen([str(exe), "scheduler"], env=e, stdout=log, stderr=subprocess.STDOUT,
+    sched = subprocess.Popen([AIRFLOW, "scheduler"], env=e, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
         # Up when its job row is heartbeating.
@@ -96,7 +94,7 @@ def run(home, sp, sb, sk, dp, db, dk):
                            "dst_profile": dp, "dst_bucket": db, "dst_key": dk}]}
         run_id = f"bench_{int(time.time() * 1000)}"
         t0 = time.monotonic()
-        trigger_dag("s3_multipart_move", run_id=run_id, conf=json.loads(json.dumps(conf)))
+        trigger_dag("s3_multipart_move", run_id=run_id, conf=conf)
         while True:
             with create_session() as s:
                 dr = s.query(DagRun).filter(DagRun.run_id == run_id).one()

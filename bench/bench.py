@@ -396,10 +396,11 @@ def ratios(rows):
         best_cpu = min(peers, key=lambda r: r["cpu_per_gib"])
         line = (f"- {SCENARIO_TITLE[scn]}: throughput {b['mib_s'] / best_thr['mib_s']:.2f}x {best_thr['tool']}; "
                 f"CPU per GiB {b['cpu_per_gib'] / max(best_cpu['cpu_per_gib'], 1e-9):.2f}x {best_cpu['tool']}")
+        # The reference peers, each once (the best peer is already named above).
         for tool in ("airflow pattern", "airflow DAG (real)", "s5cmd + sync FILE"):
-            air = [r for r in rs if r["tool"] == tool]
-            if air:
-                line += f"; {b['mib_s'] / air[0]['mib_s']:.2f}x {tool}"
+            ref = [r for r in rs if r["tool"] == tool and tool != best_thr["tool"]]
+            if ref:
+                line += f"; {b['mib_s'] / ref[0]['mib_s']:.2f}x {tool}"
         out.append(line)
     return out
 
