@@ -66,8 +66,11 @@ EOF
   echo $! >"$dir/pid"
   local g=("$GARAGE" -c "$dir/garage.toml")
   local node=""
-  for _ in $(seq 1 100); do
-    if node="$("${g[@]}" node id -q 2>/dev/null)"; then break; fi
+  # `node id` reads the key file, which can exist before the server listens: wait until the
+  # server also answers over RPC (`status`), or the layout commands race its start.
+  for _ in $(seq 1 200); do
+    if node="$("${g[@]}" node id -q 2>/dev/null)" && "${g[@]}" status >/dev/null 2>&1; then break; fi
+    node=""
     sleep 0.1
   done
   [[ -n "$node" ]] || { log "Garage $name did not start:"; cat "$dir/server.log" >&2; exit 1; }
