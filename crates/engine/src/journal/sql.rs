@@ -535,32 +535,39 @@ impl Journal for SqlJournal {
     async fn files_completed(&self, transfer: &str, files: &[FileId]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
         let now = now();
-        // Ids are numbers from this process, never user text: listed inline, in bounded
-        // statements.
-        for chunk in files.chunks(500) {
-            let ids = chunk
-                .iter()
-                .map(|f| f.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            sqlx::query(AssertSqlSafe(format!(
+        // Ids are bound, in lists padded (with the last id again) to a power of two: a handful
+        // of statement texts, each prepared once and then served from the statement cache.
+        for chunk in files.chunks(512) {
+            let n = chunk.len().next_power_of_two();
+            let padded = || (0..n).map(|i| chunk[i.min(chunk.len() - 1)] as i64);
+            let list = |first: usize| {
+                (first..first + n)
+                    .map(|i| format!("${i}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let mut update = sqlx::query(AssertSqlSafe(format!(
                 "UPDATE barge_files SET state = $1, error = NULL, updated_at = $2 \
-                 WHERE transfer_id = $3 AND file_id IN ({ids})"
+                 WHERE transfer_id = $3 AND file_id IN ({})",
+                list(4)
             )))
             .bind(FileState::Completed.as_str())
             .bind(now)
-            .bind(transfer)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .bind(transfer);
+            for id in padded() {
+                update = update.bind(id);
+            }
+            update.execute(&mut *tx).await.map_err(|e| self.err(e))?;
             // Finished files free their destinations.
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM barge_destinations WHERE transfer_id = $1 AND file_id IN ({ids})"
+            let mut free = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM barge_destinations WHERE transfer_id = $1 AND file_id IN ({})",
+                list(2)
             )))
-            .bind(transfer)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            .bind(transfer);
+            for id in padded() {
+                free = free.bind(id);
+            }
+            free.execute(&mut *tx).await.map_err(|e| self.err(e))?;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(())
@@ -648,5 +655,46 @@ mod tests {
             "postgres://barge:***@db:5432/j"
         );
         assert_eq!(redact("postgres://db/j"), "postgres://db/j");
+    }
+
+    /// Completions of any count (padded id lists, lists over one statement's 512) mark exactly
+    /// the files named, and no others.
+    #[tokio::test]
+    async fn files_completed_marks_exactly_the_named_files() {
+        use crate::location::Location;
+        use crate::plan::Strategy;
+        let dir = std::env::temp_dir().join(format!("barge-jtest-{}", std::process::id()));
+        let j = SqlJournal::open(&dir.join("j.sqlite").display().to_string())
+            .await
+            .expect("open");
+        let plans: Vec<FilePlan> = (0..700)
+            .map(|id| FilePlan {
+                id,
+                src: Location::local(&format!("/src/{id}")),
+                dst: Location::local(&format!("/dst/{id}")),
+                size: 1,
+                pin: Default::default(),
+                attrs: Default::default(),
+                strategy: Strategy::SinglePut,
+                part_size: 1,
+                part_count: 1,
+                attrs_pending: false,
+            })
+            .collect();
+        j.save_plans("t", &plans).await.expect("plans");
+        // 3 ids (padded to 4), then 600 (a full 512 and 88 padded to 128).
+        let first = [5, 9, 11];
+        let second: Vec<FileId> = (100..700).collect();
+        j.files_completed("t", &first).await.expect("three");
+        j.files_completed("t", &second).await.expect("six hundred");
+        let files = j.files("t").await.expect("files");
+        std::fs::remove_dir_all(&dir).ok();
+        let done: Vec<FileId> = files
+            .iter()
+            .filter(|f| f.state == FileState::Completed)
+            .map(|f| f.plan.id)
+            .collect();
+        let want: Vec<FileId> = first.iter().copied().chain(100..700).collect();
+        assert_eq!(done, want);
     }
 }
