@@ -166,6 +166,15 @@ pub async fn pinned_reads(store: &dyn Store, bucket: &str, prefix: &str) {
     }
 }
 
+/// `data` as a stream of `n`-byte chunks, as a download hands them to a store.
+pub fn in_pieces(data: &Bytes, n: usize) -> crate::ByteChunks {
+    let pieces: Vec<crate::Result<Bytes>> = (0..data.len())
+        .step_by(n.max(1))
+        .map(|i| Ok(data.slice(i..(i + n).min(data.len()))))
+        .collect();
+    Box::pin(futures::stream::iter(pieces))
+}
+
 fn part_size(store: &dyn Store) -> u64 {
     store.capabilities().min_part_size.max(1024)
 }
@@ -190,12 +199,8 @@ pub async fn multipart_round_trip(store: &dyn Store, bucket: &str, prefix: &str)
         };
         let r = if n == 2 {
             // One part from a stream of small chunks, as downloads write them.
-            let pieces: Vec<crate::Result<Bytes>> = (0..chunk.len())
-                .step_by(7000)
-                .map(|i| Ok(chunk.slice(i..(i + 7000).min(chunk.len()))))
-                .collect();
             let r = store
-                .upload_part_stream(&up, &spec, Box::pin(futures::stream::iter(pieces)))
+                .upload_part_stream(&up, &spec, in_pieces(&chunk, 7000))
                 .await
                 .expect("upload part from a stream");
             assert_eq!(

@@ -61,26 +61,8 @@ fn copy_result(r: &Result<()>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::sample_plans as plans;
     use crate::journal::{FileState, MemoryJournal};
-    use crate::location::Location;
-    use crate::plan::{FilePlan, Strategy};
-
-    fn plans(n: usize) -> Vec<FilePlan> {
-        (0..n)
-            .map(|id| FilePlan {
-                id,
-                src: Location::local(&format!("/src/{id}")),
-                dst: Location::local(&format!("/dst/{id}")),
-                size: 1,
-                pin: Default::default(),
-                attrs: Default::default(),
-                strategy: Strategy::SinglePut,
-                part_size: 1,
-                part_count: 1,
-                attrs_pending: false,
-            })
-            .collect()
-    }
 
     #[tokio::test]
     async fn every_caller_returns_after_its_file_is_recorded() {

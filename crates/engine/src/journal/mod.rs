@@ -261,3 +261,24 @@ pub(crate) fn status_of(r: &FileRecord, receipts: &[PartReceipt]) -> FileStatus 
         error: r.error.clone(),
     }
 }
+
+/// `n` one-byte local files planned as single PUTs, for journal tests.
+#[cfg(test)]
+pub(crate) fn sample_plans(n: usize) -> Vec<FilePlan> {
+    use crate::location::Location;
+    use crate::plan::Strategy;
+    (0..n)
+        .map(|id| FilePlan {
+            id,
+            src: Location::local(&format!("/src/{id}")),
+            dst: Location::local(&format!("/dst/{id}")),
+            size: 1,
+            pin: Default::default(),
+            attrs: Default::default(),
+            strategy: Strategy::SinglePut,
+            part_size: 1,
+            part_count: 1,
+            attrs_pending: false,
+        })
+        .collect()
+}

@@ -661,26 +661,11 @@ mod tests {
     /// the files named, and no others.
     #[tokio::test]
     async fn files_completed_marks_exactly_the_named_files() {
-        use crate::location::Location;
-        use crate::plan::Strategy;
         let dir = std::env::temp_dir().join(format!("barge-jtest-{}", std::process::id()));
         let j = SqlJournal::open(&dir.join("j.sqlite").display().to_string())
             .await
             .expect("open");
-        let plans: Vec<FilePlan> = (0..700)
-            .map(|id| FilePlan {
-                id,
-                src: Location::local(&format!("/src/{id}")),
-                dst: Location::local(&format!("/dst/{id}")),
-                size: 1,
-                pin: Default::default(),
-                attrs: Default::default(),
-                strategy: Strategy::SinglePut,
-                part_size: 1,
-                part_count: 1,
-                attrs_pending: false,
-            })
-            .collect();
+        let plans = super::super::sample_plans(700);
         j.save_plans("t", &plans).await.expect("plans");
         // 3 ids (padded to 4), then 600 (a full 512 and 88 padded to 128).
         let first = [5, 9, 11];

@@ -624,12 +624,8 @@ mod tests {
                 len,
             };
             let chunk = body.slice(offset as usize..(offset + len) as usize);
-            let pieces: Vec<Result<Bytes>> = (0..chunk.len())
-                .step_by(7000)
-                .map(|i| Ok(chunk.slice(i..(i + 7000).min(chunk.len()))))
-                .collect();
             let r = store
-                .upload_part_stream(&up, &spec, Box::pin(futures::stream::iter(pieces)))
+                .upload_part_stream(&up, &spec, crate::conformance::in_pieces(&chunk, 7000))
                 .await
                 .expect("part");
             assert_eq!(r.len, len);
