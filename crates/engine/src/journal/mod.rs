@@ -265,8 +265,6 @@ pub(crate) fn status_of(r: &FileRecord, receipts: &[PartReceipt]) -> FileStatus 
 /// `n` one-byte local files planned as single PUTs, for journal tests.
 #[cfg(test)]
 pub(crate) fn sample_plans(n: usize) -> Vec<FilePlan> {
-    use crate::location::Location;
-    use crate::plan::Strategy;
     (0..n)
         .map(|id| FilePlan {
             id,

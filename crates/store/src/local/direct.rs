@@ -19,10 +19,10 @@ pub(super) const ALIGN: usize = 4096;
 
 /// A fixed-capacity byte buffer whose contents start at an [`ALIGN`]-aligned address.
 pub(super) struct AlignedBuf {
+    /// Capacity plus [`ALIGN`] bytes of slack, so an aligned start always fits.
     raw: Vec<u8>,
     start: usize,
     len: usize,
-    cap: usize,
 }
 
 impl AlignedBuf {
@@ -32,17 +32,16 @@ impl AlignedBuf {
         let raw = vec![0u8; cap + ALIGN];
         // The Vec never grows, so its address and this offset stay valid.
         let start = raw.as_ptr().align_offset(ALIGN);
-        Self {
-            raw,
-            start,
-            len: 0,
-            cap,
-        }
+        Self { raw, start, len: 0 }
+    }
+
+    fn cap(&self) -> usize {
+        self.raw.len() - ALIGN
     }
 
     /// Copy as much of `data` as fits; returns how many bytes were taken.
     pub(super) fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.cap - self.len);
+        let n = data.len().min(self.cap() - self.len);
         let at = self.start + self.len;
         self.raw[at..at + n].copy_from_slice(&data[..n]);
         self.len += n;
@@ -50,7 +49,7 @@ impl AlignedBuf {
     }
 
     pub(super) fn is_full(&self) -> bool {
-        self.len == self.cap
+        self.len == self.cap()
     }
 
     pub(super) fn is_empty(&self) -> bool {
