@@ -198,6 +198,62 @@ fn write_batch(f: &File, direct: Option<&File>, data: &[u8], at: u64) -> std::io
     Ok(false)
 }
 
+/// Fill `buf` with exactly `len` bytes of `f` from `offset`. The buffer comes back from the part
+/// pool already allocated; reading into its spare capacity spares a zero-fill of every part (a
+/// pass over all the data as costly as the copy out of the page cache itself).
+#[cfg(target_os = "linux")]
+fn read_exact_at(
+    f: &File,
+    buf: &mut bytes::BytesMut,
+    len: usize,
+    offset: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.clear();
+    buf.reserve(len);
+    let spare = &mut buf.spare_capacity_mut()[..len];
+    let mut done = 0;
+    while done < len {
+        let at = i64::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: the pointer and length describe the not yet filled end of `spare`, memory this
+        // buffer owns; pread writes at most that many bytes there.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                spare[done..].as_mut_ptr().cast(),
+                len - done,
+                at,
+            )
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    // SAFETY: pread initialised all `len` bytes (the loop only ends when `done == len`).
+    unsafe { buf.set_len(len) };
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_exact_at(
+    f: &File,
+    buf: &mut bytes::BytesMut,
+    len: usize,
+    offset: u64,
+) -> std::io::Result<()> {
+    buf.clear();
+    buf.resize(len, 0);
+    f.read_exact_at(buf, offset)
+}
+
 fn write_new(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = tmp.parent() {
         fs::create_dir_all(parent)?;
@@ -295,9 +351,7 @@ impl Store for LocalStore {
                 Ok(())
             };
             check(&f)?;
-            buf.clear();
-            buf.resize(len as usize, 0);
-            f.read_exact_at(&mut buf, offset).map_err(|e| {
+            read_exact_at(&f, &mut buf, len as usize, offset).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     StoreError::SourceChanged {
                         store: "local".into(),
@@ -586,6 +640,37 @@ mod tests {
 
     /// Bytes written around the page cache, so a test can tell the direct path was taken.
     pub(super) static DIRECT_BYTES: AtomicU64 = AtomicU64::new(0);
+
+    /// A range read into a pooled buffer (larger, holding an earlier part's bytes) returns
+    /// exactly the file's bytes; a range past the end of the file is a changed source.
+    #[tokio::test]
+    async fn ranges_read_into_reused_buffers_are_exact() {
+        let dir = std::env::temp_dir().join(format!("barge-ranges-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("src.bin");
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        fs::write(&file, &body).expect("source");
+        let store = LocalStore::new();
+        let path = ObjectPath::new("", file.display().to_string());
+        let pin = Pin::of(&store.head(&path).await.expect("head"));
+        for (offset, len) in [(0u64, 300_000u64), (4096, 100_000), (299_990, 10), (5, 1)] {
+            let mut pooled = bytes::BytesMut::with_capacity(400_000);
+            pooled.resize(350_000, 0xAA);
+            let got = store
+                .get_range_into(&path, &pin, offset, len, pooled)
+                .await
+                .expect("range");
+            assert_eq!(&got[..], &body[offset as usize..(offset + len) as usize]);
+        }
+        let past = store
+            .get_range_into(&path, &pin, 299_000, 2_000, bytes::BytesMut::new())
+            .await;
+        assert!(
+            matches!(past, Err(StoreError::SourceChanged { .. })),
+            "{past:?}"
+        );
+        fs::remove_dir_all(&dir).ok();
+    }
 
     /// Parts streamed in small chunks land byte for byte, whether they start on a block boundary
     /// (written directly, where the file system allows) or not (through the page cache), with
