@@ -80,14 +80,15 @@ fn closed() -> StoreError {
     }
 }
 
-/// Read a byte range of the planned source version, within the memory budget.
+/// Read a byte range of the planned source version, within the memory budget; returns the
+/// bytes and their CRC32C.
 async fn read_range(
     limits: &Limits,
     src: &dyn Store,
     plan: &FilePlan,
     offset: u64,
     len: u64,
-) -> Result<Bytes, StoreError> {
+) -> Result<(Bytes, u32), StoreError> {
     let what = format!("read of {} bytes {offset}+{len}", plan.src);
     let data = retry(&limits.retry, &limits.stats, &what, || {
         src.get_range_into(&plan.src.path, &plan.pin, offset, len, limits.take_buffer())
@@ -142,8 +143,7 @@ pub async fn move_part(
                 .acquire_many(Limits::kib(part.len))
                 .await
                 .map_err(|_| closed())?;
-            let data = read_range(limits, src.as_ref(), plan, part.offset, part.len).await?;
-            let crc = crc32c(&data);
+            let (data, crc) = read_range(limits, src.as_ref(), plan, part.offset, part.len).await?;
             let what = format!("upload of part {} of {}", part.number, plan.dst);
             let r = retry(&limits.retry, &limits.stats, &what, || {
                 dst.upload_part(upload, &part, data.clone(), Some(crc))
@@ -177,7 +177,7 @@ pub async fn move_whole(
         .acquire_many(Limits::kib(plan.size))
         .await
         .map_err(|_| closed())?;
-    let (data, attrs) = if plan.attrs_pending && plan.size > 0 {
+    let (data, attrs, crc) = if plan.attrs_pending && plan.size > 0 {
         // One GET brings the bytes and the metadata.
         let what = format!("read of {}", plan.src);
         let (meta, data) = retry(&limits.retry, &limits.stats, &what, || {
@@ -191,7 +191,8 @@ pub async fn move_whole(
             });
         }
         limits.bytes_through.fetch_add(plan.size, Ordering::Relaxed);
-        (data, meta.attrs)
+        let crc = crc32c(&data);
+        (data, meta.attrs, crc)
     } else if plan.attrs_pending {
         // Empty: a stat is the only way to its metadata.
         let what = format!("stat of {}", plan.src);
@@ -199,12 +200,11 @@ pub async fn move_whole(
             src.head(&plan.src.path)
         })
         .await?;
-        (Bytes::new(), meta.attrs)
+        (Bytes::new(), meta.attrs, crc32c(&[]))
     } else {
-        let data = read_range(limits, src.as_ref(), plan, 0, plan.size).await?;
-        (data, plan.attrs.clone())
+        let (data, crc) = read_range(limits, src.as_ref(), plan, 0, plan.size).await?;
+        (data, plan.attrs.clone(), crc)
     };
-    let crc = crc32c(&data);
     let what = format!("upload of {}", plan.dst);
     let r = retry(&limits.retry, &limits.stats, &what, || {
         dst.put(&plan.dst.path, data.clone(), &attrs, Some(crc))

@@ -8,6 +8,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
 
+/// The CRC32C of data that continues data whose CRC32C is `crc`.
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
 /// The wire form S3 uses: the big-endian bytes, base64.
 pub fn crc32c_b64(crc: u32) -> String {
     STANDARD.encode(crc.to_be_bytes())

@@ -106,6 +106,22 @@ pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
         body.slice(100..150),
         "ranged read returns exactly the range"
     );
+    // Into a reused buffer that holds other bytes: the range and its CRC32C.
+    let reused = bytes::BytesMut::from(&data(2000, 9)[..]);
+    let (part, crc) = store
+        .get_range_into(&path, &Pin::of(&meta), 10, 900, reused)
+        .await
+        .expect("ranged read into a buffer");
+    assert_eq!(
+        part,
+        body.slice(10..910),
+        "a ranged read into a reused buffer returns exactly the range"
+    );
+    assert_eq!(
+        crc,
+        crc32c(&body[10..910]),
+        "a ranged read returns the CRC32C of the range"
+    );
     // Zero-byte objects exist too.
     let empty = ObjectPath::new(bucket, format!("{prefix}empty.bin"));
     store

@@ -19,7 +19,7 @@ use aws_sdk_s3::types::{
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::checksum::crc32c_b64;
+use crate::checksum::{crc32c_append, crc32c_b64};
 use crate::{
     Capabilities, ChecksumMode, ObjectAttrs, ObjectMeta, ObjectPath, PartReceipt, PartSpec,
     PendingUpload, Pin, PutReceipt, Result, Store, StoreError, UploadRef,
@@ -258,8 +258,10 @@ impl Store for S3Store {
         // Copy the body's chunks straight into one buffer of the part's size: no second copy,
         // so buffered data stays within the memory budget the engine reserved for it. The
         // stream checks the length.
-        self.get_range_into(path, pin, offset, len, BytesMut::new())
-            .await
+        Ok(self
+            .get_range_into(path, pin, offset, len, BytesMut::new())
+            .await?
+            .0)
     }
 
     async fn get_range_into(
@@ -269,14 +271,17 @@ impl Store for S3Store {
         offset: u64,
         len: u64,
         mut buf: BytesMut,
-    ) -> Result<Bytes> {
+    ) -> Result<(Bytes, u32)> {
         buf.clear();
         buf.reserve(len as usize);
+        let mut crc = 0;
         let mut chunks = self.get_range_stream(path, pin, offset, len).await?;
         while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
-            buf.extend_from_slice(&chunk?);
+            let chunk = chunk?;
+            crc = crc32c_append(crc, &chunk);
+            buf.extend_from_slice(&chunk);
         }
-        Ok(buf.freeze())
+        Ok((buf.freeze(), crc))
     }
 
     async fn get(&self, path: &ObjectPath, pin: &Pin) -> Result<(ObjectMeta, Bytes)> {
