@@ -92,10 +92,15 @@ async fn read_crc(store: &dyn Store, meta: &barge_store::ObjectMeta) -> Result<u
     let pin = barge_store::Pin::of(meta);
     let mut parts = Vec::new();
     let mut off = 0;
+    let mut buf = bytes::BytesMut::new();
     while off < meta.size {
         let len = VERIFY_CHUNK.min(meta.size - off);
-        let data = store.get_range(&meta.path, &pin, off, len).await?;
-        parts.push((barge_store::checksum::crc32c(&data), len));
+        // The store checksums the bytes as they arrive; one buffer serves every chunk.
+        let (data, crc) = store
+            .get_range_into(&meta.path, &pin, off, len, buf)
+            .await?;
+        parts.push((crc, len));
+        buf = data.try_into_mut().unwrap_or_default();
         off += len;
     }
     Ok(barge_store::checksum::combine_crc32c(&parts))

@@ -499,7 +499,7 @@ impl Store for LocalStore {
         };
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            crc = crc32c::crc32c_append(crc, &chunk);
+            crc = crate::checksum::crc32c_append(crc, &chunk);
             written += chunk.len() as u64;
             let mut rest = &chunk[..];
             while !rest.is_empty() {
