@@ -163,6 +163,17 @@ def run_timed(argv, shell=False):
     return p.returncode == 0, wall, cpu, rss, err, srv
 
 
+def evict(path):
+    """Drop a file's pages from the page cache (written back and clean first), as for a large
+    file that was written long ago: the upload then reads it from the disk."""
+    subprocess.run(["sync"], check=False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def py(script, *args):
     return [sys.executable, str(ROOT / "bench" / script), *args]
 
@@ -218,7 +229,7 @@ def tools_for(scn):
         }
     local = str(WORK / "big.bin")
     down = str(WORK / "down.bin")
-    if scn == "4u":
+    if scn in ("4u", "4c"):
         return {
             "barge": lambda d: (bc("cp", local, f"b:dst/{d}/big"), False),
             "rclone": lambda d: (rc + ["copyto", local, f"B:dst/{d}/big"], False),
@@ -255,13 +266,14 @@ SCENARIO_TITLE = {
     "2": "2. one object within one endpoint",
     "3": "3. many 64 KiB objects between two endpoints",
     "4u": "4. local file to S3",
+    "4c": "4. local file to S3, not in the page cache",
     "4d": "4. S3 to local file",
     "5": "5. scenario 1 with a memory budget",
 }
 
 
 def scenario_bytes(scn):
-    return {"1": BIG, "2": HUGE, "3": SMALL_COUNT * SMALL_SIZE, "4u": BIG, "4d": BIG, "5": BIG}[scn]
+    return {"1": BIG, "2": HUGE, "3": SMALL_COUNT * SMALL_SIZE, "4u": BIG, "4c": BIG, "4d": BIG, "5": BIG}[scn]
 
 
 def ceiling():
@@ -302,7 +314,7 @@ def main():
     prepare()
     scns = []
     for s in SCENARIOS:
-        scns += ["4u", "4d"] if s == "4" else [s]
+        scns += ["4u", "4c", "4d"] if s == "4" else [s]
     results = {}
     for rnd in range(ROUNDS):
         for scn in scns:
@@ -318,6 +330,8 @@ def main():
                     continue
                 dest = f"bench/run/{scn}/{name.split()[0]}"
                 argv, shell = f(dest)
+                if scn == "4c":
+                    evict(WORK / "big.bin")
                 ok, wall, cpu, rss, err, srv = run_timed(argv, shell)
                 print(f"bench: round {rnd + 1} scenario {scn} {name}: {'ok' if ok else 'FAILED'} "
                       f"{wall:.1f}s cpu {cpu:.1f}s servers {srv:.1f}s rss {rss:.0f}MiB {err}", file=sys.stderr)

@@ -198,51 +198,73 @@ fn write_batch(f: &File, direct: Option<&File>, data: &[u8], at: u64) -> std::io
     Ok(false)
 }
 
-/// Read this much at a time, and checksum it while it is in the CPU cache.
-const READ_WINDOW: usize = 1024 * 1024;
-
-/// Fill `buf` with exactly `len` bytes of `f` from `offset`; returns their CRC32C. The buffer
-/// comes back from the part pool already allocated; reading into its spare capacity spares a
-/// zero-fill of every part (a pass over all the data as costly as the copy out of the page
-/// cache itself).
+/// Fill `buf` with exactly `len` bytes of `f` (the file at `path`) from `offset`; returns their
+/// CRC32C, computed window by window while each is in the CPU cache. The buffer comes back from
+/// the part pool already allocated; reading into its spare capacity spares a zero-fill of every
+/// part (a pass over all the data as costly as the copy out of the page cache itself). A range
+/// that is mostly not cached is read around the page cache (see [`direct`]).
 #[cfg(target_os = "linux")]
 fn read_exact_at(
     f: &File,
+    path: &Path,
     buf: &mut bytes::BytesMut,
     len: usize,
     offset: u64,
 ) -> std::io::Result<u32> {
     use std::os::fd::AsRawFd;
     buf.clear();
-    buf.reserve(len);
+    if buf.capacity() < len {
+        *buf = direct::aligned_bytes_mut(len);
+    }
     let spare = &mut buf.spare_capacity_mut()[..len];
     let (mut done, mut crc) = (0, 0);
+    let mut direct = if direct::mostly_uncached(f, offset, len as u64) {
+        direct::open_read(path, f)
+    } else {
+        None
+    };
     while done < len {
-        let at = i64::try_from(offset + done as u64)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        let want = (len - done).min(READ_WINDOW);
-        // SAFETY: the pointer and length describe `want` bytes of the not yet filled end of
-        // `spare`, memory this buffer owns; pread writes at most that many bytes there.
-        let n = unsafe { libc::pread(f.as_raw_fd(), spare[done..].as_mut_ptr().cast(), want, at) };
-        match n {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
+        let at = offset + done as u64;
+        let want = (len - done).min(direct::READ_WINDOW);
+        let dst = &mut spare[done..done + want];
+        let n = if let Some(d) = &direct {
+            match direct::read_at(d, dst, at) {
+                Ok(n) => {
+                    #[cfg(test)]
+                    tests::DIRECT_READ_BYTES
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    n
+                }
+                Err(e) => {
+                    tracing::debug!("direct read failed ({e}); reading through the page cache");
+                    direct = None;
+                    continue;
                 }
             }
-            n => {
-                let n = n as usize;
-                // SAFETY: pread just initialised these `n` bytes.
-                let fresh =
-                    unsafe { std::slice::from_raw_parts(spare[done..].as_ptr().cast::<u8>(), n) };
-                crc = crate::checksum::crc32c_append(crc, fresh);
-                done += n;
+        } else {
+            let at = i64::try_from(at)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+            // SAFETY: the pointer and length describe `want` bytes of the not yet filled end of
+            // `spare`, memory this buffer owns; pread writes at most that many bytes there.
+            let n = unsafe { libc::pread(f.as_raw_fd(), dst.as_mut_ptr().cast(), want, at) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
             }
+            n as usize
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        // SAFETY: the read just initialised these `n` bytes.
+        let fresh = unsafe { std::slice::from_raw_parts(dst.as_ptr().cast::<u8>(), n) };
+        crc = crate::checksum::crc32c_append(crc, fresh);
+        done += n;
     }
-    // SAFETY: pread initialised all `len` bytes (the loop only ends when `done == len`).
+    // SAFETY: the reads initialised all `len` bytes (the loop only ends when `done == len`).
     unsafe { buf.set_len(len) };
     Ok(crc)
 }
@@ -250,6 +272,7 @@ fn read_exact_at(
 #[cfg(not(target_os = "linux"))]
 fn read_exact_at(
     f: &File,
+    _path: &Path,
     buf: &mut bytes::BytesMut,
     len: usize,
     offset: u64,
@@ -359,16 +382,18 @@ impl Store for LocalStore {
                 Ok(())
             };
             check(&f)?;
-            let crc = read_exact_at(&f, &mut buf, len as usize, offset).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    StoreError::SourceChanged {
-                        store: "local".into(),
-                        path: key.clone(),
+            let crc = read_exact_at(&f, Path::new(&key), &mut buf, len as usize, offset).map_err(
+                |e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        StoreError::SourceChanged {
+                            store: "local".into(),
+                            path: key.clone(),
+                        }
+                    } else {
+                        StoreError::io(&key, e)
                     }
-                } else {
-                    StoreError::io(&key, e)
-                }
-            })?;
+                },
+            )?;
             // The file may have been rewritten while it was read.
             check(&f)?;
             Ok((buf.freeze(), crc))
@@ -648,6 +673,66 @@ mod tests {
 
     /// Bytes written around the page cache, so a test can tell the direct path was taken.
     pub(super) static DIRECT_BYTES: AtomicU64 = AtomicU64::new(0);
+    /// Bytes read around the page cache.
+    pub(super) static DIRECT_READ_BYTES: AtomicU64 = AtomicU64::new(0);
+
+    /// A source file that is not in the page cache is read around it, wherever the platform and
+    /// file system allow: ranges at aligned and odd offsets, into fresh (aligned) and pooled
+    /// (unaligned) buffers, and the file's short tail all come back byte for byte with their
+    /// CRC32C, and reading them leaves the file out of the page cache.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn uncached_sources_are_read_exactly_around_the_page_cache() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("barge-cold-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("cold.bin");
+        let total = 3 * (1 << 20) + 123;
+        let body: Vec<u8> = (0..total).map(|i| (i * 13 % 241) as u8).collect();
+        fs::write(&file, &body).expect("source");
+        let f = File::open(&file).expect("open");
+        f.sync_all().expect("sync");
+        // SAFETY: advice on an open descriptor; it only drops the file's clean cached pages.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0, "posix_fadvise");
+        let direct_ok =
+            direct::mostly_uncached(&f, 0, total as u64) && direct::open_read(&file, &f).is_some();
+        let store = LocalStore::new();
+        let path = ObjectPath::new("", file.display().to_string());
+        let pin = Pin::of(&store.head(&path).await.expect("head"));
+        let before = DIRECT_READ_BYTES.load(Ordering::Relaxed);
+        let mut pooled = bytes::BytesMut::with_capacity(4_000_000);
+        pooled.resize(3_500_000, 0xAA);
+        for (offset, len, buf) in [
+            (0u64, total as u64, bytes::BytesMut::new()),
+            (1 << 20, 1 << 20, bytes::BytesMut::new()),
+            (4096 + 5, (1 << 20) + 9, bytes::BytesMut::new()),
+            (0, 2 << 20, pooled),
+            (total as u64 - 10, 10, bytes::BytesMut::new()),
+        ] {
+            let (got, crc) = store
+                .get_range_into(&path, &pin, offset, len, buf)
+                .await
+                .expect("range");
+            let want = &body[offset as usize..(offset + len) as usize];
+            assert!(got == want, "range {offset}+{len} byte for byte");
+            assert_eq!(
+                crc,
+                crate::checksum::crc32c(want),
+                "CRC32C of {offset}+{len}"
+            );
+        }
+        let read_direct = DIRECT_READ_BYTES.load(Ordering::Relaxed) - before;
+        let still_uncached = direct::mostly_uncached(&f, 0, total as u64);
+        fs::remove_dir_all(&dir).ok();
+        if direct_ok {
+            assert!(
+                read_direct >= total as u64,
+                "the whole file went around the page cache at least once ({read_direct} bytes)"
+            );
+            assert!(still_uncached, "reading it did not fill the page cache");
+        }
+    }
 
     /// A range read into a pooled buffer (larger, holding an earlier part's bytes) returns
     /// exactly the file's bytes; a range past the end of the file is a changed source.
