@@ -7,6 +7,8 @@ table reports the median and the spread (min-max) of wall time, throughput, clie
 (user+sys) per GiB moved and client peak RSS, measured by GNU time around each command; the two
 Garage servers' CPU seconds per GiB (from /proc) and how busy the machine's cores were (client and
 servers' CPU over cores x wall time): near 100% means the run was bound by this machine's CPU.
+Scenario 4's upload runs twice: from the file as the run left it (in the page cache), and from
+the same file dropped from the page cache before each tool's run (a large file written long ago).
 
 Environment: BENCH_BIG (scenarios 1, 4, 5; default 4GiB), BENCH_HUGE (scenario 2; 6GiB),
 BENCH_SMALL_COUNT (scenario 3; 5000), BENCH_ROUNDS (3), BENCH_SCENARIOS (e.g. "1,2"),
