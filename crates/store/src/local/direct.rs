@@ -156,7 +156,9 @@ pub(super) fn mostly_uncached(f: &File, offset: u64, len: u64) -> bool {
             0u32,
         )
     };
-    let pages = len.div_ceil(4096);
+    // SAFETY: sysconf only reads a system constant.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let pages = len.div_ceil(page.max(1));
     r == 0 && stat.nr_cache * 2 < pages
 }
 
