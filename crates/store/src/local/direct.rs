@@ -187,28 +187,14 @@ pub(super) fn read_at(
     offset: u64,
 ) -> std::io::Result<usize> {
     use std::cell::RefCell;
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     thread_local! {
         /// Tokio's blocking threads are reused: one window each, allocated once.
         static WINDOW: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
     }
     let want = dst.len().min(READ_WINDOW);
-    let at = i64::try_from(offset)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     if (dst.as_ptr() as usize).is_multiple_of(ALIGN) && aligned(offset, want) {
-        loop {
-            // SAFETY: the pointer and length describe `want` bytes of `dst`, memory the caller
-            // lends for this read; pread writes at most that many bytes there.
-            let n = unsafe { libc::pread(d.as_raw_fd(), dst.as_mut_ptr().cast(), want, at) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        return pread_uninit(d, &mut dst[..want], offset);
     }
     let start = offset - offset % ALIGN as u64;
     let skip = (offset - start) as usize;
@@ -227,6 +213,31 @@ pub(super) fn read_at(
         dst[..got].write_copy_of_slice(&window[skip..skip + got]);
         Ok(got)
     })
+}
+
+/// `pread` of `f` at `offset` into memory not yet initialised, retried when interrupted: how many
+/// bytes it wrote at the start of `dst` (0 at the end of the file).
+#[cfg(target_os = "linux")]
+pub(super) fn pread_uninit(
+    f: &File,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let at = i64::try_from(offset)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    loop {
+        // SAFETY: the pointer and length describe `dst`, memory the caller lends for this read;
+        // pread writes at most that many bytes there.
+        let n = unsafe { libc::pread(f.as_raw_fd(), dst.as_mut_ptr().cast(), dst.len(), at) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Source files are read this much at a time, and each window checksummed while it is in the CPU

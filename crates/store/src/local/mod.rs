@@ -211,7 +211,6 @@ fn read_exact_at(
     len: usize,
     offset: u64,
 ) -> std::io::Result<u32> {
-    use std::os::fd::AsRawFd;
     buf.clear();
     if buf.capacity() < len {
         *buf = direct::aligned_bytes_mut(len);
@@ -242,19 +241,7 @@ fn read_exact_at(
                 }
             }
         } else {
-            let at = i64::try_from(at)
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-            // SAFETY: the pointer and length describe `want` bytes of the not yet filled end of
-            // `spare`, memory this buffer owns; pread writes at most that many bytes there.
-            let n = unsafe { libc::pread(f.as_raw_fd(), dst.as_mut_ptr().cast(), want, at) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            n as usize
+            direct::pread_uninit(f, dst, at)?
         };
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
