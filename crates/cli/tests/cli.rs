@@ -143,6 +143,10 @@ fn bad_input_is_refused_with_a_reason() {
             vec!["cleanup", "ga:dst/", "--older-than", "soon"],
             "not a duration",
         ),
+        (
+            vec!["--threads", "0", "cp", "ga:src/k", "/tmp/x"],
+            "invalid value '0' for '--threads <N>'",
+        ),
     ] {
         let o = barge(&e, &args);
         let (_, err) = text(&o);
@@ -269,6 +273,67 @@ async fn recursive_folder_upload_with_json_summary() {
             .is_err()
     );
     assert_no_uploads(store.as_ref(), "dst", &p).await;
+}
+
+/// One network thread (the default on small machines) and several (the default on larger
+/// ones) move the same files, byte for byte: a multipart file, a small one and an empty one, up
+/// to S3, across to the second server, and back down.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_runtime_size_moves_the_same_bytes() {
+    let e = env("cli-threads");
+    let src = e.dir.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let files = [
+        ("big.bin", 13 * MIB + 7),
+        ("small.bin", 1000),
+        ("empty.bin", 0),
+    ];
+    for (name, size) in files {
+        std::fs::write(src.join(name), data(size, size as u64 + 3)).expect("write");
+    }
+    for threads in ["1", "3"] {
+        let p = prefix(&format!("cli-threads-{threads}"));
+        let back = e.dir.join(format!("back-{threads}"));
+        for (from, to) in [
+            (src.to_string_lossy().into_owned(), format!("ga:dst/{p}")),
+            (format!("ga:dst/{p}"), format!("gb:dst/{p}")),
+            (format!("gb:dst/{p}"), back.to_string_lossy().into_owned()),
+        ] {
+            let o = barge(
+                &e,
+                &[
+                    "--threads",
+                    threads,
+                    "cp",
+                    "-r",
+                    &from,
+                    &to,
+                    "--part-size",
+                    "5MiB",
+                ],
+            );
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "--threads {threads}: {from} -> {to}: {}",
+                text(&o).1
+            );
+        }
+        for (name, size) in files {
+            let got = std::fs::read(back.join(name)).expect("downloaded file");
+            assert_eq!(
+                sha256(&got),
+                sha256(&data(size, size as u64 + 3)),
+                "--threads {threads}: {name}"
+            );
+        }
+        assert_no_uploads(ga().await.as_ref(), "dst", &p).await;
+        let gb = connections()
+            .get(&ConnRef::Named("gb".into()))
+            .await
+            .expect("connect");
+        assert_no_uploads(gb.as_ref(), "dst", &p).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -334,12 +334,12 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
-        let (name, shown) = (self.name.clone(), path.clone());
-        // State: the body and the bytes seen so far; `None` once an error was yielded.
-        let chunks = futures::stream::unfold(Some((out.body, 0u64)), move |state| {
-            let (name, shown) = (name.clone(), shown.clone());
-            async move {
-                let (mut body, seen) = state?;
+        // State: the body, the bytes seen so far, and the names an error would carry (moved
+        // along, not cloned per chunk); `None` once an error was yielded.
+        let names = (self.name.clone(), path.clone());
+        let chunks =
+            futures::stream::unfold(Some((out.body, 0u64, names)), move |state| async move {
+                let (mut body, seen, (name, shown)) = state?;
                 let fail = |detail: String| StoreError::Transient {
                     store: name.clone(),
                     op: "GetObject".into(),
@@ -354,7 +354,7 @@ impl Store for S3Store {
                                 None,
                             ));
                         }
-                        Some((Ok(chunk), Some((body, seen))))
+                        Some((Ok(chunk), Some((body, seen, (name, shown)))))
                     }
                     Some(Err(e)) => Some((Err(body_error(&name, "GetObject", &shown, &e)), None)),
                     None if seen < len => Some((
@@ -365,8 +365,7 @@ impl Store for S3Store {
                     )),
                     None => None,
                 }
-            }
-        });
+            });
         Ok(Box::pin(chunks))
     }
 
