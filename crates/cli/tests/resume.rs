@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use barge_engine::input::TransferSpec;
-use barge_engine::journal::{FileState, Journal, SqlJournal, TransferState};
+use barge_engine::journal::{FileState, Journal, SqlJournal, TransferRecord, TransferState};
 use barge_engine::location::ConnRef;
+use barge_engine::location::Location;
 use barge_engine::plan::PlanOptions;
+use barge_engine::plan::{FilePlan, Strategy};
 use barge_engine::report::{Observer, Status};
 use barge_engine::run::{Engine, RunOptions};
 use barge_store::{MIB as MIB64, ObjectAttrs, ObjectPath, Store, UploadRef};
@@ -95,10 +97,75 @@ async fn a_postgresql_journal_behaves_like_sqlite() {
             .await
             .expect("open the PostgreSQL journal"),
     );
+    plans_round_trip(j.as_ref()).await;
     resumes_where_it_stopped(j.clone()).await;
     changed_source_is_reported(j.clone()).await;
     vanished_upload_starts_over(j.clone()).await;
     abort_discards(j).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plans_are_recorded_exactly_in_sqlite() {
+    plans_round_trip(journal("plans").await.as_ref()).await;
+}
+
+/// 150 plans (more than one statement's rows), every field distinct, come back exactly as they
+/// were saved; planning them again (a changed source) replaces each row, not adds one.
+async fn plans_round_trip(j: &SqlJournal) {
+    let tid = format!("plans-{}", prefix("plans").trim_end_matches('/'));
+    let plan = |id: usize, round: u64| {
+        let mut attrs = ObjectAttrs {
+            content_type: Some(format!("text/x-{id}")),
+            ..ObjectAttrs::default()
+        };
+        attrs
+            .user_metadata
+            .insert("k".into(), format!("v{id}-{round}"));
+        FilePlan {
+            id,
+            src: named("ga", "src", &format!("dir/{id}.bin")),
+            dst: Location::local(&format!("/tmp/out/{id}.bin")),
+            size: (id as u64 + 1) * 1000 + round,
+            pin: barge_store::Pin {
+                etag: Some(format!("\"e{id}-{round}\"")),
+                version_id: (id % 2 == 0).then(|| format!("v{id}")),
+            },
+            attrs,
+            strategy: if id % 3 == 0 {
+                Strategy::StreamParts
+            } else {
+                Strategy::SinglePut
+            },
+            part_size: 5 * MIB64 + id as u64,
+            part_count: id as u32 + 1,
+            attrs_pending: false,
+        }
+    };
+    j.create_transfer(&TransferRecord {
+        id: tid.clone(),
+        fingerprint: tid.clone(),
+        created_at: 0,
+        updated_at: 0,
+        state: TransferState::Running,
+        spec: "{}".into(),
+    })
+    .await
+    .expect("create transfer");
+    for round in [0, 1] {
+        let plans: Vec<FilePlan> = (0..150).map(|id| plan(id, round)).collect();
+        j.save_plans(&tid, &plans).await.expect("save plans");
+        let got = j.files(&tid).await.expect("read plans");
+        assert_eq!(
+            got.len(),
+            plans.len(),
+            "one row per file (round {round})"
+        );
+        for (r, want) in got.iter().zip(&plans) {
+            assert_eq!(format!("{:?}", r.plan), format!("{want:?}"));
+            assert_eq!(r.state, FileState::Planned);
+            assert_eq!((r.upload_id.as_deref(), r.error.as_deref()), (None, None));
+        }
+    }
 }
 
 async fn resumes_where_it_stopped(j: Arc<SqlJournal>) {

@@ -435,13 +435,28 @@ impl Journal for SqlJournal {
     }
 
     async fn save_plans(&self, transfer: &str, plans: &[FilePlan]) -> Result<()> {
+        // Many rows per statement: a listing of thousands of small files is recorded in a few
+        // round trips to the database (or to sqlx's SQLite thread), not one per file.
+        const ROWS: usize = 64;
+        const PARAMS: usize = 16;
+        let updated_at = now();
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        for p in plans {
-            let attrs = serde_json::to_string(&p.attrs)
-                .map_err(|e| EngineError::Journal(format!("attrs: {e}")))?;
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO barge_files ({FILE_COLS}, transfer_id, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, 'planned', NULL, $15, $16) \
+        for chunk in plans.chunks(ROWS) {
+            let values = (0..chunk.len())
+                .map(|r| {
+                    let n = |i: usize| format!("${}", r * PARAMS + i);
+                    let first: Vec<String> = (1..=14).map(n).collect();
+                    format!(
+                        "({}, NULL, 'planned', NULL, {}, {})",
+                        first.join(", "),
+                        n(15),
+                        n(16)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO barge_files ({FILE_COLS}, transfer_id, updated_at) VALUES {values} \
                  ON CONFLICT (transfer_id, file_id) DO UPDATE SET \
                  src_conn = excluded.src_conn, src_bucket = excluded.src_bucket, src_key = excluded.src_key, \
                  dst_conn = excluded.dst_conn, dst_bucket = excluded.dst_bucket, dst_key = excluded.dst_key, \
@@ -449,26 +464,30 @@ impl Journal for SqlJournal {
                  attrs = excluded.attrs, strategy = excluded.strategy, part_size = excluded.part_size, \
                  part_count = excluded.part_count, upload_id = NULL, state = 'planned', error = NULL, \
                  updated_at = excluded.updated_at"
-            )))
-            .bind(p.id as i64)
-            .bind(conn_to_str(&p.src.conn))
-            .bind(&p.src.path.bucket)
-            .bind(&p.src.path.key)
-            .bind(conn_to_str(&p.dst.conn))
-            .bind(&p.dst.path.bucket)
-            .bind(&p.dst.path.key)
-            .bind(p.size as i64)
-            .bind(p.pin.etag.clone())
-            .bind(p.pin.version_id.clone())
-            .bind(attrs)
-            .bind(p.strategy.as_str())
-            .bind(p.part_size as i64)
-            .bind(i64::from(p.part_count))
-            .bind(transfer)
-            .bind(now())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.err(e))?;
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for p in chunk {
+                let attrs = serde_json::to_string(&p.attrs)
+                    .map_err(|e| EngineError::Journal(format!("attrs: {e}")))?;
+                q = q
+                    .bind(p.id as i64)
+                    .bind(conn_to_str(&p.src.conn))
+                    .bind(&p.src.path.bucket)
+                    .bind(&p.src.path.key)
+                    .bind(conn_to_str(&p.dst.conn))
+                    .bind(&p.dst.path.bucket)
+                    .bind(&p.dst.path.key)
+                    .bind(p.size as i64)
+                    .bind(p.pin.etag.clone())
+                    .bind(p.pin.version_id.clone())
+                    .bind(attrs)
+                    .bind(p.strategy.as_str())
+                    .bind(p.part_size as i64)
+                    .bind(i64::from(p.part_count))
+                    .bind(transfer)
+                    .bind(updated_at);
+            }
+            q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
         }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(())
