@@ -437,7 +437,7 @@ impl Journal for SqlJournal {
     async fn save_plans(&self, transfer: &str, plans: &[FilePlan]) -> Result<()> {
         // Many rows per statement: a listing of thousands of small files is recorded in a few
         // round trips to the database (or to sqlx's SQLite thread), not one per file.
-        const ROWS: usize = 64;
+        const ROWS: usize = 16;
         const PARAMS: usize = 16;
         let updated_at = now();
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
