@@ -155,11 +155,7 @@ async fn plans_round_trip(j: &SqlJournal) {
         let plans: Vec<FilePlan> = (0..150).map(|id| plan(id, round)).collect();
         j.save_plans(&tid, &plans).await.expect("save plans");
         let got = j.files(&tid).await.expect("read plans");
-        assert_eq!(
-            got.len(),
-            plans.len(),
-            "one row per file (round {round})"
-        );
+        assert_eq!(got.len(), plans.len(), "one row per file (round {round})");
         for (r, want) in got.iter().zip(&plans) {
             assert_eq!(format!("{:?}", r.plan), format!("{want:?}"));
             assert_eq!(r.state, FileState::Planned);

@@ -435,8 +435,10 @@ impl Journal for SqlJournal {
     }
 
     async fn save_plans(&self, transfer: &str, plans: &[FilePlan]) -> Result<()> {
-        // Many rows per statement: a listing of thousands of small files is recorded in a few
-        // round trips to the database (or to sqlx's SQLite thread), not one per file.
+        // Several rows per statement: a listing of thousands of small files costs a sixteenth of
+        // the round trips to the database (or to sqlx's SQLite thread). Not more: sqlx's SQLite
+        // binding looks each parameter up by name, a cost that grows with the square of a
+        // statement's parameters (at 64 rows, 2.6% of a small-object run's CPU).
         const ROWS: usize = 16;
         const PARAMS: usize = 16;
         let updated_at = now();
