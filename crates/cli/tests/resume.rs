@@ -128,10 +128,10 @@ async fn plans_round_trip(j: &SqlJournal) {
             size: (id as u64 + 1) * 1000 + round,
             pin: barge_store::Pin {
                 etag: Some(format!("\"e{id}-{round}\"")),
-                version_id: (id % 2 == 0).then(|| format!("v{id}")),
+                version_id: id.is_multiple_of(2).then(|| format!("v{id}")),
             },
             attrs,
-            strategy: if id % 3 == 0 {
+            strategy: if id.is_multiple_of(3) {
                 Strategy::StreamParts
             } else {
                 Strategy::SinglePut
