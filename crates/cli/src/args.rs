@@ -30,8 +30,9 @@ pub struct Cli {
     pub journal: Option<String>,
 
     /// Threads that drive the network (the async runtime); disk reads and writes have their own
-    /// pool either way. Default: 1 on machines with up to 4 cores (one thread moves over 1 GiB/s
-    /// and costs 15-30% less CPU than handing each request between threads), else one per core.
+    /// pool either way. Default: 1 on machines with up to 4 cores (15-30% less CPU than handing
+    /// each request between threads; at ~0.8 CPU-s per GiB one thread has room for about
+    /// 1 GiB/s), else one per core.
     #[arg(long, global = true, env = "BARGE_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
