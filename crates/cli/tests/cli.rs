@@ -48,6 +48,13 @@ async fn ga() -> std::sync::Arc<dyn Store> {
         .expect("connect")
 }
 
+async fn gb() -> std::sync::Arc<dyn Store> {
+    connections()
+        .get(&ConnRef::Named("gb".into()))
+        .await
+        .expect("connect")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_source_exits_1_naming_the_object() {
     let e = env("cli-missing");
@@ -105,10 +112,7 @@ async fn duplicate_destinations_are_refused_before_anything_moves() {
         )),
         "{err}"
     );
-    let gb = connections()
-        .get(&ConnRef::Named("gb".into()))
-        .await
-        .expect("gb");
+    let gb = gb().await;
     assert!(
         matches!(
             gb.head(&ObjectPath::new("dst", format!("{p}same"))).await,
@@ -200,10 +204,7 @@ async fn dry_run_prints_the_plan_and_moves_nothing() {
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(out.contains("StreamParts: 3 parts of 5.0 MiB"), "{out}");
-    let gb = connections()
-        .get(&ConnRef::Named("gb".into()))
-        .await
-        .expect("gb");
+    let gb = gb().await;
     assert!(
         gb.head(&ObjectPath::new("dst", format!("{p}big")))
             .await
@@ -328,11 +329,7 @@ async fn every_runtime_size_moves_the_same_bytes() {
             );
         }
         assert_no_uploads(ga().await.as_ref(), "dst", &p).await;
-        let gb = connections()
-            .get(&ConnRef::Named("gb".into()))
-            .await
-            .expect("connect");
-        assert_no_uploads(gb.as_ref(), "dst", &p).await;
+        assert_no_uploads(gb().await.as_ref(), "dst", &p).await;
     }
 }
 
@@ -514,10 +511,7 @@ async fn an_unwritable_journal_stops_before_anything_moves() {
         err.contains("journal") && err.contains("not-a-folder"),
         "{err}"
     );
-    let gb = connections()
-        .get(&ConnRef::Named("gb".into()))
-        .await
-        .expect("gb");
+    let gb = gb().await;
     assert!(
         gb.head(&ObjectPath::new("dst", format!("{p}f")))
             .await
@@ -571,10 +565,7 @@ async fn rejected_credentials_fail_each_file_by_name_and_leave_nothing() {
         !err.contains(&wrong) && !out.contains(&wrong),
         "secret leaked"
     );
-    let gb = connections()
-        .get(&ConnRef::Named("gb".into()))
-        .await
-        .expect("gb");
+    let gb = gb().await;
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
     assert!(
         store

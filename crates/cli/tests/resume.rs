@@ -9,10 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use barge_engine::input::TransferSpec;
 use barge_engine::journal::{FileState, Journal, SqlJournal, TransferRecord, TransferState};
-use barge_engine::location::ConnRef;
-use barge_engine::location::Location;
-use barge_engine::plan::PlanOptions;
-use barge_engine::plan::{FilePlan, Strategy};
+use barge_engine::location::{ConnRef, Location};
+use barge_engine::plan::{FilePlan, PlanOptions, Strategy};
 use barge_engine::report::{Observer, Status};
 use barge_engine::run::{Engine, RunOptions};
 use barge_store::{MIB as MIB64, ObjectAttrs, ObjectPath, Store, UploadRef};
