@@ -117,6 +117,7 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<(Client, Option<Strin
     let sdk = loader.load().await;
     let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(cfg.path_style)
+        .endpoint_resolver(super::endpoint::PerBucket::new())
         // Send checksums only where barge sets them itself: many S3-compatible stores reject the
         // SDK's default trailing checksums.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)

@@ -4,6 +4,7 @@
 //! counted, logged and bounded in one place.
 
 mod config;
+mod endpoint;
 mod errors;
 
 use std::collections::HashMap;
