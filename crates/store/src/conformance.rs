@@ -31,6 +31,7 @@ async fn read_all(store: &dyn Store, path: &ObjectPath) -> Bytes {
 /// Run every check against `store`.
 pub async fn run_all(store: &dyn Store, bucket: &str, prefix: &str) {
     put_head_get(store, bucket, prefix).await;
+    odd_keys(store, bucket, prefix).await;
     missing_object(store, bucket, prefix).await;
     pinned_reads(store, bucket, prefix).await;
     multipart_round_trip(store, bucket, prefix).await;
@@ -147,11 +148,68 @@ pub async fn put_head_get(store: &dyn Store, bucket: &str, prefix: &str) {
     );
 }
 
+/// Keys with spaces, non-ASCII letters and the characters URLs and signatures treat specially
+/// go in and come back byte for byte, under the key they were written to.
+pub async fn odd_keys(store: &dyn Store, bucket: &str, prefix: &str) {
+    for (i, name) in [
+        "sp ace/plus+percent%41 ü é.bin",
+        "q?h#amp&eq=semi;comma,.bin",
+        "bang!dollar$quote'paren()star*at@tilde~.bin",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = ObjectPath::new(bucket, format!("{prefix}odd/{name}"));
+        let body = data(3000 + i, 20 + i as u8);
+        store
+            .put(
+                &path,
+                body.clone(),
+                &ObjectAttrs::default(),
+                Some(crc32c(&body)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("put {name:?}: {e}"));
+        let meta = store
+            .head(&path)
+            .await
+            .unwrap_or_else(|e| panic!("head {name:?}: {e}"));
+        let (got, bytes) = store
+            .get(&path, &Pin::of(&meta))
+            .await
+            .unwrap_or_else(|e| panic!("get {name:?}: {e}"));
+        assert_eq!(bytes, body, "{name:?} comes back as written");
+        assert_eq!(got.size, body.len() as u64, "{name:?}");
+    }
+    let listed = store
+        .list(bucket, &format!("{prefix}odd/"))
+        .await
+        .expect("list");
+    let mut keys: Vec<String> = listed.into_iter().map(|m| m.path.key).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            format!("{prefix}odd/bang!dollar$quote'paren()star*at@tilde~.bin"),
+            format!("{prefix}odd/q?h#amp&eq=semi;comma,.bin"),
+            format!("{prefix}odd/sp ace/plus+percent%41 ü é.bin"),
+        ],
+        "stored under exactly the keys written"
+    );
+}
+
 pub async fn missing_object(store: &dyn Store, bucket: &str, prefix: &str) {
     let path = ObjectPath::new(bucket, format!("{prefix}does-not-exist"));
     match store.head(&path).await {
         Err(StoreError::NotFound { .. }) => {}
         other => panic!("head of a missing key must be NotFound, got {other:?}"),
+    }
+    match store.get(&path, &Pin::default()).await {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!(
+            "get of a missing key must be NotFound, got {:?}",
+            other.map(|(m, _)| m)
+        ),
     }
 }
 
@@ -332,6 +390,24 @@ pub async fn wrong_checksum_rejected(store: &dyn Store, bucket: &str, prefix: &s
         res.is_err(),
         "a part whose CRC32C does not match is rejected"
     );
+    // A whole object too, and nothing is left under its key.
+    let whole = ObjectPath::new(bucket, format!("{prefix}badsum-whole.bin"));
+    let res = store
+        .put(
+            &whole,
+            chunk.clone(),
+            &ObjectAttrs::default(),
+            Some(crc32c(&chunk) ^ 1),
+        )
+        .await;
+    assert!(
+        !matches!(res, Ok(_) | Err(StoreError::Transient { .. })),
+        "an object whose CRC32C does not match is refused for good, got {res:?}"
+    );
+    match store.head(&whole).await {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!("a refused object must not exist, got {other:?}"),
+    }
 }
 
 pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str) {

@@ -393,10 +393,21 @@ impl Store for LocalStore {
         path: &ObjectPath,
         data: Bytes,
         _attrs: &ObjectAttrs,
-        _crc32c: Option<u32>,
+        crc32c: Option<u32>,
     ) -> Result<PutReceipt> {
         let dest = PathBuf::from(&path.key);
         blocking(move || {
+            // As for parts: bytes that do not match the CRC32C sent with them are not written.
+            if crc32c.is_some_and(|c| c != crate::checksum::crc32c(&data)) {
+                return Err(StoreError::Permanent {
+                    store: "local".into(),
+                    op: "write".into(),
+                    detail: format!(
+                        "{}: the bytes do not match the CRC32C sent with them",
+                        dest.display()
+                    ),
+                });
+            }
             let tmp = tmp_path(&dest, &uuid::Uuid::new_v4().simple().to_string());
             let shown = dest.to_string_lossy().into_owned();
             write_new(&tmp, &data).map_err(|e| StoreError::io(&shown, e))?;
