@@ -25,6 +25,8 @@ async fn garage(which: &str) -> S3Store {
 #[tokio::test]
 async fn s3_store_conforms() {
     let store = garage("A").await;
+    // The test servers speak plain HTTP: the suite covers the lean small-object path.
+    assert!(store.uses_lean_path());
     let prefix = format!("conformance-{}/", uuid::Uuid::new_v4().simple());
     conformance::run_all(&store, "src", &prefix).await;
     let left = store
@@ -37,15 +39,22 @@ async fn s3_store_conforms() {
 #[tokio::test]
 async fn missing_bucket_is_named() {
     let store = garage("A").await;
-    let err = store
-        .head(&barge_store::ObjectPath::new("no-such-bucket-here", "k"))
-        .await
-        .expect_err("missing bucket");
-    assert!(
-        err.to_string()
-            .contains("bucket 'no-such-bucket-here' does not exist"),
-        "{err}"
-    );
+    let path = barge_store::ObjectPath::new("no-such-bucket-here", "k");
+    let errors = [
+        store.head(&path).await.expect_err("missing bucket"),
+        store
+            .get(&path, &Default::default())
+            .await
+            .map(|_| ())
+            .expect_err("missing bucket"),
+    ];
+    for err in errors {
+        assert!(
+            err.to_string()
+                .contains("bucket 'no-such-bucket-here' does not exist"),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -61,14 +70,33 @@ async fn wrong_credentials_are_access_denied_and_secret_free() {
         session_token: None,
     };
     let store = S3Store::connect(cfg).await.expect("client builds");
-    let err = store
-        .head(&barge_store::ObjectPath::new("src", "k"))
-        .await
-        .expect_err("bad credentials");
-    let msg = err.to_string();
-    assert!(
-        msg.contains("bad-creds") && msg.contains("access denied"),
-        "{msg}"
-    );
-    assert!(!msg.contains(secret), "the secret leaked into: {msg}");
+    let path = barge_store::ObjectPath::new("src", "k");
+    let body = bytes::Bytes::from_static(b"some bytes");
+    let crc = barge_store::checksum::crc32c(&body);
+    let errors = [
+        store
+            .head(&path)
+            .await
+            .expect_err("head with bad credentials"),
+        store
+            .get(&path, &Default::default())
+            .await
+            .map(|_| ())
+            .expect_err("get with bad credentials"),
+        store
+            .put(&path, body, &Default::default(), Some(crc))
+            .await
+            .map(|_| ())
+            .expect_err("put with bad credentials"),
+    ];
+    for err in errors {
+        let msg = err.to_string();
+        assert!(
+            matches!(err, barge_store::StoreError::AccessDenied { .. })
+                && msg.contains("bad-creds")
+                && msg.contains("access denied"),
+            "{msg}"
+        );
+        assert!(!msg.contains(secret), "the secret leaked into: {msg}");
+    }
 }

@@ -81,8 +81,15 @@ impl S3Config {
     }
 }
 
-/// Build the client and the identity used to decide whether two connections can copy server-side.
-pub(super) async fn build_client(cfg: &S3Config) -> Result<(Client, Option<String>)> {
+/// What `build_client` makes: the SDK client, the identity used to decide whether two
+/// connections can copy server-side, and the lean path for small objects where it applies.
+pub(super) struct Built {
+    pub client: Client,
+    pub identity: Option<String>,
+    pub lean: Option<super::lean::Lean>,
+}
+
+pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -144,5 +151,23 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<(Client, Option<Strin
         },
         None => None,
     };
-    Ok((Client::from_conf(builder.build()), identity))
+    let region = sdk
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    // Only an endpoint the connection names itself (not one from the environment).
+    let lean = super::lean::Lean::new(
+        &cfg.name,
+        cfg.endpoint.as_deref(),
+        &region,
+        cfg.path_style,
+        sdk.credentials_provider(),
+        cfg.connect_timeout,
+        cfg.read_timeout,
+    );
+    Ok(Built {
+        client: Client::from_conf(builder.build()),
+        identity,
+        lean,
+    })
 }

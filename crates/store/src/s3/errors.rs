@@ -24,57 +24,14 @@ where
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             transient(DisplayErrorContext(&err).to_string())
         }
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = se.err().code().unwrap_or("");
-            let message = se.err().message().unwrap_or("");
-            let detail = if code.is_empty() && message.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                format!("HTTP {status} {code}: {message}")
-            };
-            match (status, code) {
-                (_, "NoSuchBucket") => StoreError::NoSuchBucket {
-                    store,
-                    bucket: path.bucket.clone(),
-                },
-                (_, "NoSuchUpload") => StoreError::NoSuchUpload {
-                    store,
-                    path: path.to_string(),
-                    upload_id: String::new(),
-                },
-                (_, "NoSuchKey") | (404, "") | (404, "NotFound") => StoreError::NotFound {
-                    store,
-                    path: path.to_string(),
-                },
-                (412, _) | (_, "PreconditionFailed") => StoreError::SourceChanged {
-                    store,
-                    path: path.to_string(),
-                },
-                (_, "AccessDenied")
-                | (_, "InvalidAccessKeyId")
-                | (_, "SignatureDoesNotMatch")
-                | (_, "ExpiredToken")
-                | (401, _)
-                | (403, _) => StoreError::AccessDenied {
-                    store,
-                    what: format!("{op} on {path}"),
-                    detail,
-                },
-                (429, _)
-                | (500..=599, _)
-                | (_, "SlowDown")
-                | (_, "InternalError")
-                | (_, "RequestTimeout")
-                | (_, "ServiceUnavailable")
-                | (_, "RequestTimeTooSkewed") => transient(detail),
-                _ => StoreError::Permanent {
-                    store,
-                    op: op.to_string(),
-                    detail: format!("{path}: {detail}"),
-                },
-            }
-        }
+        SdkError::ServiceError(se) => map_status(
+            &store,
+            op,
+            path,
+            se.raw().status().as_u16(),
+            se.err().code().unwrap_or(""),
+            se.err().message().unwrap_or(""),
+        ),
         // A 200 answer whose body is an error document fails to parse: treat as a server error.
         _ => {
             let status = err.raw_response().map(|r| r.status().as_u16());
@@ -88,6 +45,69 @@ where
                 }
             }
         }
+    }
+}
+
+/// What an error answer (status, S3 error code and message) means to barge; shared by the SDK
+/// path and the lean path for small objects.
+pub(super) fn map_status(
+    store: &str,
+    op: &str,
+    path: &ObjectPath,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> StoreError {
+    let store = store.to_string();
+    let detail = if code.is_empty() && message.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status} {code}: {message}")
+    };
+    match (status, code) {
+        (_, "NoSuchBucket") => StoreError::NoSuchBucket {
+            store,
+            bucket: path.bucket.clone(),
+        },
+        (_, "NoSuchUpload") => StoreError::NoSuchUpload {
+            store,
+            path: path.to_string(),
+            upload_id: String::new(),
+        },
+        (_, "NoSuchKey") | (404, "") | (404, "NotFound") => StoreError::NotFound {
+            store,
+            path: path.to_string(),
+        },
+        (412, _) | (_, "PreconditionFailed") => StoreError::SourceChanged {
+            store,
+            path: path.to_string(),
+        },
+        (_, "AccessDenied")
+        | (_, "InvalidAccessKeyId")
+        | (_, "SignatureDoesNotMatch")
+        | (_, "ExpiredToken")
+        | (401, _)
+        | (403, _) => StoreError::AccessDenied {
+            store,
+            what: format!("{op} on {path}"),
+            detail,
+        },
+        (429, _)
+        | (500..=599, _)
+        | (_, "SlowDown")
+        | (_, "InternalError")
+        | (_, "RequestTimeout")
+        | (_, "ServiceUnavailable")
+        | (_, "RequestTimeTooSkewed") => StoreError::Transient {
+            store,
+            op: op.to_string(),
+            detail: format!("{path}: {detail}"),
+        },
+        _ => StoreError::Permanent {
+            store,
+            op: op.to_string(),
+            detail: format!("{path}: {detail}"),
+        },
     }
 }
 

@@ -6,6 +6,7 @@
 mod config;
 mod endpoint;
 mod errors;
+mod lean;
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -37,6 +38,8 @@ pub struct S3Store {
     caps: Capabilities,
     identity: Option<String>,
     checksum: ChecksumMode,
+    /// Whole small objects without the SDK's per-request machinery (plain HTTP endpoints).
+    lean: Option<lean::Lean>,
 }
 
 /// Characters that must be escaped in an `x-amz-copy-source` key: everything but unreserved
@@ -132,7 +135,11 @@ fn user_metadata(attrs: &ObjectAttrs) -> Option<HashMap<String, String>> {
 
 impl S3Store {
     pub async fn connect(cfg: S3Config) -> Result<Self> {
-        let (client, identity) = config::build_client(&cfg).await?;
+        let config::Built {
+            client,
+            identity,
+            lean,
+        } = config::build_client(&cfg).await?;
         let mut caps = Capabilities::s3();
         caps.part_checksums = cfg.checksum == ChecksumMode::Crc32c;
         if let Some(max) = cfg.max_object_size {
@@ -144,11 +151,35 @@ impl S3Store {
             caps,
             identity,
             checksum: cfg.checksum,
+            lean,
         })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Whether whole small objects go through the lean path (plain `http://` endpoints) rather
+    /// than the SDK.
+    pub fn uses_lean_path(&self) -> bool {
+        self.lean.is_some()
+    }
+
+    /// A whole object's answer: the bytes must be as many as the answer said.
+    fn whole(
+        &self,
+        path: &ObjectPath,
+        meta: ObjectMeta,
+        data: Bytes,
+    ) -> Result<(ObjectMeta, Bytes)> {
+        if data.len() as u64 != meta.size {
+            return Err(StoreError::Transient {
+                store: self.name.clone(),
+                op: "GetObject".into(),
+                detail: format!("{path}: expected {} bytes, got {}", meta.size, data.len()),
+            });
+        }
+        Ok((meta, data))
     }
 
     fn crc_header(&self, crc32c: Option<u32>) -> Option<String> {
@@ -286,6 +317,10 @@ impl Store for S3Store {
     }
 
     async fn get(&self, path: &ObjectPath, pin: &Pin) -> Result<(ObjectMeta, Bytes)> {
+        if let Some(lean) = &self.lean {
+            let (meta, data) = lean.get(path, pin).await?;
+            return self.whole(path, meta, data);
+        }
         let out = self
             .client
             .get_object()
@@ -297,21 +332,13 @@ impl Store for S3Store {
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
         let meta = object_meta!(out, path);
-        let size = meta.size;
         let data = out
             .body
             .collect()
             .await
             .map_err(|e| body_error(&self.name, "GetObject", path, &e))?
             .into_bytes();
-        if data.len() as u64 != size {
-            return Err(StoreError::Transient {
-                store: self.name.clone(),
-                op: "GetObject".into(),
-                detail: format!("{path}: expected {size} bytes, got {}", data.len()),
-            });
-        }
-        Ok((meta, data))
+        self.whole(path, meta, data)
     }
 
     async fn get_range_stream(
@@ -377,8 +404,11 @@ impl Store for S3Store {
         attrs: &ObjectAttrs,
         crc32c: Option<u32>,
     ) -> Result<PutReceipt> {
-        let len = data.len() as i64;
         let crc = self.crc_header(crc32c);
+        if let (Some(lean), Some(crc)) = (&self.lean, &crc) {
+            return lean.put(path, data, attrs, crc).await;
+        }
+        let len = data.len() as i64;
         let signed = crc.is_none();
         let req = self
             .client
