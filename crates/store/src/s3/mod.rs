@@ -42,7 +42,8 @@ pub struct S3Store {
     lean: Option<lean::Lean>,
 }
 
-/// Characters that must be escaped in an `x-amz-copy-source` key: everything but unreserved
+/// Characters that must be escaped in an `x-amz-copy-source` key, and in a key's URL path on
+/// the lean path (S3's URI encoding, which SigV4 signs as is): everything but unreserved
 /// characters and the path separator.
 const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
