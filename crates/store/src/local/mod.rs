@@ -64,6 +64,25 @@ fn synthetic_etag(md: &fs::Metadata) -> String {
     format!("\"{:x}-{:x}\"", mtime, md.len())
 }
 
+/// The CRC32C of bytes about to be written; a Permanent error (nothing written) when the caller
+/// sent one and it differs.
+fn checked_crc(
+    data: &[u8],
+    sent: Option<u32>,
+    op: &str,
+    detail: impl FnOnce() -> String,
+) -> Result<u32> {
+    let crc = crate::checksum::crc32c(data);
+    if sent.is_some_and(|c| c != crc) {
+        return Err(StoreError::Permanent {
+            store: "local".into(),
+            op: op.into(),
+            detail: detail(),
+        });
+    }
+    Ok(crc)
+}
+
 fn tmp_path(dest: &Path, upload_id: &str) -> PathBuf {
     let name = dest
         .file_name()
@@ -397,17 +416,12 @@ impl Store for LocalStore {
     ) -> Result<PutReceipt> {
         let dest = PathBuf::from(&path.key);
         blocking(move || {
-            // As for parts: bytes that do not match the CRC32C sent with them are not written.
-            if crc32c.is_some_and(|c| c != crate::checksum::crc32c(&data)) {
-                return Err(StoreError::Permanent {
-                    store: "local".into(),
-                    op: "write".into(),
-                    detail: format!(
-                        "{}: the bytes do not match the CRC32C sent with them",
-                        dest.display()
-                    ),
-                });
-            }
+            checked_crc(&data, crc32c, "write", || {
+                format!(
+                    "{}: the bytes do not match the CRC32C sent with them",
+                    dest.display()
+                )
+            })?;
             let tmp = tmp_path(&dest, &uuid::Uuid::new_v4().simple().to_string());
             let shown = dest.to_string_lossy().into_owned();
             write_new(&tmp, &data).map_err(|e| StoreError::io(&shown, e))?;
@@ -459,17 +473,12 @@ impl Store for LocalStore {
         let part = *part;
         blocking(move || {
             let f = open_upload(&tmp, &upload)?;
-            let crc = crate::checksum::crc32c(&data);
-            if crc32c.is_some_and(|c| c != crc) {
-                return Err(StoreError::Permanent {
-                    store: "local".into(),
-                    op: "write part".into(),
-                    detail: format!(
-                        "{}: part {} does not match the CRC32C sent with it",
-                        upload.path.key, part.number
-                    ),
-                });
-            }
+            let crc = checked_crc(&data, crc32c, "write part", || {
+                format!(
+                    "{}: part {} does not match the CRC32C sent with it",
+                    upload.path.key, part.number
+                )
+            })?;
             f.write_all_at(&data, part.offset)
                 .map_err(|e| StoreError::io(&upload.path.key, e))?;
             Ok(PartReceipt {
