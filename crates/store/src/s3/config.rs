@@ -122,16 +122,19 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
         }
     }
     let sdk = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+    // S3-compatible stores often have no region of their own; SigV4 still needs one.
+    let region = sdk
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    let builder = aws_sdk_s3::config::Builder::from(&sdk)
+        .region(Region::new(region.clone()))
         .force_path_style(cfg.path_style)
         .endpoint_resolver(super::endpoint::PerBucket::new())
         // Send checksums only where barge sets them itself: many S3-compatible stores reject the
         // SDK's default trailing checksums.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-    if sdk.region().is_none() {
-        builder = builder.region(Region::new("us-east-1"));
-    }
     let endpoint = sdk.endpoint_url().map(str::to_string).unwrap_or_else(|| {
         format!(
             "aws:{}",
@@ -151,10 +154,6 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
         },
         None => None,
     };
-    let region = sdk
-        .region()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| "us-east-1".to_string());
     // Only an endpoint the connection names itself (not one from the environment).
     let lean = super::lean::Lean::new(
         &cfg.name,
