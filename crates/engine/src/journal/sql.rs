@@ -443,8 +443,9 @@ impl Journal for SqlJournal {
         const PARAMS: usize = 16;
         let updated_at = now();
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        for chunk in plans.chunks(ROWS) {
-            let values = (0..chunk.len())
+        // The statement for `rows` rows: built once for the full chunks, once for a short last one.
+        let statement = |rows: usize| {
+            let values = (0..rows)
                 .map(|r| {
                     let n = |i: usize| format!("${}", r * PARAMS + i);
                     let first: Vec<String> = (1..=14).map(n).collect();
@@ -457,7 +458,7 @@ impl Journal for SqlJournal {
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql = format!(
+            format!(
                 "INSERT INTO barge_files ({FILE_COLS}, transfer_id, updated_at) VALUES {values} \
                  ON CONFLICT (transfer_id, file_id) DO UPDATE SET \
                  src_conn = excluded.src_conn, src_bucket = excluded.src_bucket, src_key = excluded.src_key, \
@@ -466,8 +467,18 @@ impl Journal for SqlJournal {
                  attrs = excluded.attrs, strategy = excluded.strategy, part_size = excluded.part_size, \
                  part_count = excluded.part_count, upload_id = NULL, state = 'planned', error = NULL, \
                  updated_at = excluded.updated_at"
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            )
+        };
+        let full = statement(ROWS);
+        for chunk in plans.chunks(ROWS) {
+            let short;
+            let sql = if chunk.len() == ROWS {
+                &full
+            } else {
+                short = statement(chunk.len());
+                &short
+            };
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()));
             for p in chunk {
                 let attrs = serde_json::to_string(&p.attrs)
                     .map_err(|e| EngineError::Journal(format!("attrs: {e}")))?;
