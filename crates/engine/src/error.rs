@@ -20,6 +20,10 @@ pub enum EngineError {
     /// The journal's server cannot be reached right now (restarting, network): worth waiting for.
     #[error("{0}")]
     JournalUnavailable(String),
+    /// Files were moved and verified, but the journal failed to record some of them as done
+    /// (the run is not "refused": things did move).
+    #[error("{0}")]
+    Unrecorded(String),
     #[error("cancelled")]
     Cancelled,
 }
@@ -29,7 +33,9 @@ impl EngineError {
     pub fn is_journal(&self) -> bool {
         matches!(
             self,
-            EngineError::Journal(_) | EngineError::JournalUnavailable(_)
+            EngineError::Journal(_)
+                | EngineError::JournalUnavailable(_)
+                | EngineError::Unrecorded(_)
         )
     }
 }

@@ -349,13 +349,15 @@ impl Engine {
 
         let files_in_flight = self.opts.concurrency.max(1);
         let tid_ref = tid.as_str();
-        let completions = Completions::new(self.journal.clone(), tid.clone());
+        let completions = Completions::new(self.journal.clone(), tid.clone(), self.cancel.clone());
         let done = &completions;
         let moved: Vec<FileOutcome> = stream::iter(work.iter())
             .map(|w| self.run_file(tid_ref, w, done))
             .buffer_unordered(files_in_flight)
             .collect()
             .await;
+        // Every finished file's record written (or the run says which were not).
+        let recorded = completions.finish().await;
         outcomes.extend(moved);
         outcomes.sort_by_key(|o| o.id);
         let mut summary = Summary::new(
@@ -363,6 +365,16 @@ impl Engine {
             started.elapsed(),
             self.limits.stats.retries.load(Ordering::Relaxed),
         );
+        if let Err(e) = recorded {
+            if let Err(e) = self
+                .journal
+                .set_transfer_state(&tid, TransferState::Interrupted)
+                .await
+            {
+                tracing::error!("{e}");
+            }
+            return Err(e);
+        }
         let state = if self.cancel.is_cancelled() {
             TransferState::Interrupted
         } else if summary.success() {
@@ -456,13 +468,15 @@ impl Engine {
             }
         };
         // Recorded as done before the source goes: a crash between the two must not leave a
-        // journal that sends a resume looking for a source that is already deleted. Files that
-        // finish together are recorded in one transaction.
-        done.completed(plan.id).await?;
+        // journal that sends a resume looking for a source that is already deleted. Without a
+        // source to delete, the record is queued and the file's slot freed at once (records are
+        // written in batches; a lost one only means the file is copied again on resume).
         let source_deleted = if self.opts.delete_source {
+            done.completed(plan.id).await?;
             self.delete_source(plan, &src).await?;
             true
         } else {
+            done.record(plan.id)?;
             false
         };
         Ok(Done {

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use barge_engine::EngineError;
 use barge_engine::connections::Connections;
 use barge_engine::input::TransferSpec;
+use barge_engine::journal::{FileState, Journal, MemoryJournal};
 use barge_engine::location::{ConnRef, Location};
 use barge_engine::plan::{PlanOptions, Strategy};
 use barge_engine::report::{Observer, Status};
@@ -248,4 +250,82 @@ async fn zero_byte_objects_are_copied() {
     assert_eq!(b.get(&ObjectPath::new("dst", "empty")), Some(Bytes::new()));
     assert!(s.files[0].source_deleted);
     assert!(a.get(&ObjectPath::new("src", "empty")).is_none());
+}
+
+fn small_files(a: &MemoryStore, n: usize) -> Vec<TransferSpec> {
+    (0..n)
+        .map(|i| {
+            let key = format!("s{i}");
+            a.insert(
+                &ObjectPath::new("src", &key),
+                body(100 + i),
+                ObjectAttrs::default(),
+            );
+            spec(&key)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_finished_file_is_recorded_by_the_time_the_run_returns() {
+    let (a, _b, conns) = setup();
+    let specs = small_files(&a, 300);
+    let journal = Arc::new(MemoryJournal::default());
+    let s = Engine::new(conns, opts())
+        .with_journal(journal.clone())
+        .run(specs)
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    let tid = s.transfer_id.expect("a journal id");
+    let files = journal.files(&tid).await.expect("files");
+    assert_eq!(files.len(), 300);
+    assert!(files.iter().all(|f| f.state == FileState::Completed));
+}
+
+#[tokio::test]
+async fn a_journal_that_stops_recording_fails_the_run_and_says_what_was_copied() {
+    let (a, b, conns) = setup();
+    let specs = small_files(&a, 40);
+    let journal = Arc::new(MemoryJournal::default());
+    journal.refuse_file_states();
+    let err = Engine::new(conns, opts())
+        .with_journal(journal)
+        .run(specs)
+        .await
+        .expect_err("the journal failed");
+    // Not a refusal: files did move (the CLI exits 1, not 2).
+    assert!(matches!(err, EngineError::Unrecorded(_)), "{err:?}");
+    let err = err.to_string();
+    assert!(err.contains("could not record"), "{err}");
+    assert!(err.contains("refused the write"), "{err}");
+    assert!(err.contains("copied and verified"), "{err}");
+    // What was reported copied is there, byte for byte.
+    assert_eq!(b.get(&ObjectPath::new("dst", "s0")), Some(body(100)));
+}
+
+#[tokio::test]
+async fn no_source_is_deleted_when_its_completion_cannot_be_recorded() {
+    let (a, b, conns) = setup();
+    let specs = small_files(&a, 5);
+    let journal = Arc::new(MemoryJournal::default());
+    journal.refuse_file_states();
+    let mut o = opts();
+    o.delete_source = true;
+    let err = Engine::new(conns, o)
+        .with_journal(journal)
+        .run(specs)
+        .await
+        .expect_err("the journal failed")
+        .to_string();
+    assert!(err.contains("refused the write"), "{err}");
+    for i in 0..5 {
+        let key = format!("s{i}");
+        assert_eq!(
+            a.get(&ObjectPath::new("src", &key)),
+            Some(body(100 + i)),
+            "source {key} kept"
+        );
+    }
+    assert_eq!(b.open_uploads(), 0);
 }

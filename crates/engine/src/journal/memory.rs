@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use barge_store::PartReceipt;
 
 use super::{FileId, FileRecord, FileState, Journal, TransferRecord, TransferState, now};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::plan::FilePlan;
 
 #[derive(Debug, Default)]
@@ -20,9 +21,16 @@ struct State {
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     state: Mutex<State>,
+    refuse_file_states: AtomicBool,
 }
 
 impl MemoryJournal {
+    /// From now on, refuse to record file states (tests of what a run does when its journal
+    /// fails mid-way).
+    pub fn refuse_file_states(&self) {
+        self.refuse_file_states.store(true, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -154,6 +162,11 @@ impl Journal for MemoryJournal {
         state: FileState,
         error: Option<&str>,
     ) -> Result<()> {
+        if self.refuse_file_states.load(Ordering::Relaxed) {
+            return Err(EngineError::Journal(
+                "the journal refused the write (as the test asked)".into(),
+            ));
+        }
         if let Some(r) = self.lock().files.get_mut(&(transfer.to_string(), file)) {
             r.state = state;
             r.error = error.map(str::to_string);
