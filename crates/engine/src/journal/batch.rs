@@ -163,7 +163,6 @@ mod tests {
     use super::*;
     use crate::journal::sample_plans as plans;
     use crate::journal::{FileState, MemoryJournal};
-    use std::time::Duration;
 
     #[tokio::test]
     async fn every_awaiting_caller_returns_after_its_file_is_recorded() {
