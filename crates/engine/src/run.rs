@@ -356,16 +356,8 @@ impl Engine {
             .buffer_unordered(files_in_flight)
             .collect()
             .await;
-        // Every finished file's record written (or the run says which were not).
-        let recorded = completions.finish().await;
-        outcomes.extend(moved);
-        outcomes.sort_by_key(|o| o.id);
-        let mut summary = Summary::new(
-            outcomes,
-            started.elapsed(),
-            self.limits.stats.retries.load(Ordering::Relaxed),
-        );
-        if let Err(e) = recorded {
+        // Every finished file's record written (or the run says how many were not).
+        if let Err(e) = completions.finish().await {
             if let Err(e) = self
                 .journal
                 .set_transfer_state(&tid, TransferState::Interrupted)
@@ -375,6 +367,13 @@ impl Engine {
             }
             return Err(e);
         }
+        outcomes.extend(moved);
+        outcomes.sort_by_key(|o| o.id);
+        let mut summary = Summary::new(
+            outcomes,
+            started.elapsed(),
+            self.limits.stats.retries.load(Ordering::Relaxed),
+        );
         let state = if self.cancel.is_cancelled() {
             TransferState::Interrupted
         } else if summary.success() {

@@ -61,7 +61,6 @@ impl Completions {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 let deadline = tokio::time::Instant::now() + window;
-                let mut closed = false;
                 loop {
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -70,13 +69,13 @@ impl Completions {
                         }
                     }
                     let awaited = batch.iter().any(|e| e.waiter.is_some());
-                    if awaited || closed || batch.len() >= MAX_BATCH {
+                    if awaited || batch.len() >= MAX_BATCH {
                         break;
                     }
+                    // Closed (`finish`): write now; the outer loop then ends.
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(Some(e)) => batch.push(e),
-                        Ok(None) => closed = true,
-                        Err(_) => break,
+                        Ok(None) | Err(_) => break,
                     }
                 }
                 let ids: Vec<FileId> = batch.iter().map(|e| e.file).collect();
