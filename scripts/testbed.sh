@@ -6,6 +6,7 @@
 #   scripts/testbed.sh stop      stop them and delete their data
 #   scripts/testbed.sh barge-config   print a barge config naming the running servers a and b
 #   scripts/testbed.sh pg-restart [SECONDS]   stop the test PostgreSQL, wait, start it again
+#   scripts/testbed.sh reset a|b   restart one Garage server empty (same port, key and buckets)
 #
 # `start` also starts a throwaway PostgreSQL server (initdb into .testbed/pg on a free loopback
 # port, as the postgres user; Debian's packages are installed if missing) for the journal tests.
@@ -46,7 +47,7 @@ start_one() {
   local s3_port rpc_port
   s3_port="$(free_port)"
   rpc_port="$(free_port)"
-  mkdir -p "$dir/meta" "$dir/data"
+  mkdir -p "$dir"
   cat >"$dir/garage.toml" <<EOF
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
@@ -62,7 +63,30 @@ api_bind_addr = "127.0.0.1:$s3_port"
 root_domain = ".s3.localhost"
 EOF
   chmod 600 "$dir/garage.toml"
-  RUST_LOG=warn nohup "$GARAGE" -c "$dir/garage.toml" server >"$dir/server.log" 2>&1 &
+  local key_id="GK$(hex 12)" secret
+  secret="$(hex 32)"
+  # Kept beside the config (git-ignored, owner-only) so that `reset` can bring the server back
+  # with the same key and buckets.
+  (umask 077; echo "$key_id $secret" >"$dir/key")
+  echo "${@:2}" >"$dir/buckets"
+  echo "$s3_port" >"$dir/s3_port"
+  boot_one "$name"
+  local up buckets=("${@:2}")
+  up="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+  {
+    echo "export BARGE_TEST_${up}_ENDPOINT=http://127.0.0.1:$s3_port"
+    echo "export BARGE_TEST_${up}_KEY_ID=$key_id"
+    echo "export BARGE_TEST_${up}_SECRET=$secret"
+    echo "export BARGE_TEST_${up}_BUCKETS=$(IFS=,; echo "${buckets[*]}")"
+  } >>"$BED/env"
+  log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
+}
+
+# Start one configured server on empty metadata and data folders: layout, key, buckets.
+boot_one() {
+  local name="$1" dir="$BED/$1"
+  mkdir -p "$dir/meta" "$dir/data"
+  RUST_LOG=warn nohup "$GARAGE" -c "$dir/garage.toml" server >>"$dir/server.log" 2>&1 &
   echo $! >"$dir/pid"
   local g=("$GARAGE" -c "$dir/garage.toml")
   local node=""
@@ -76,31 +100,39 @@ EOF
   [[ -n "$node" ]] || { log "Garage $name did not start:"; cat "$dir/server.log" >&2; exit 1; }
   "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
-  local key_id="GK$(hex 12)" secret
-  secret="$(hex 32)"
+  local key_id secret b
+  read -r key_id secret <"$dir/key"
   "${g[@]}" key import --yes -n barge "$key_id" "$secret" >/dev/null
-  local buckets=("${@:2}")
-  for b in "${buckets[@]}"; do
+  for b in $(cat "$dir/buckets"); do
     "${g[@]}" bucket create "$b" >/dev/null
     "${g[@]}" bucket allow --read --write --owner "$b" --key barge >/dev/null
   done
   # Wait until the S3 API answers.
   for _ in $(seq 1 100); do
-    if python3 - "$s3_port" <<'PY' 2>/dev/null; then break; fi
+    if python3 - "$(cat "$dir/s3_port")" <<'PY' 2>/dev/null; then break; fi
 import socket, sys
 socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
 PY
     sleep 0.1
   done
-  local up
-  up="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
-  {
-    echo "export BARGE_TEST_${up}_ENDPOINT=http://127.0.0.1:$s3_port"
-    echo "export BARGE_TEST_${up}_KEY_ID=$key_id"
-    echo "export BARGE_TEST_${up}_SECRET=$secret"
-    echo "export BARGE_TEST_${up}_BUCKETS=$(IFS=,; echo "${buckets[*]}")"
-  } >>"$BED/env"
-  log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
+}
+
+# Stop one server, delete everything it stored, start it again empty on the same port with the
+# same key and buckets. The benchmark does this before each run that writes to server b: Garage
+# never rewrites a block it already holds and deletes unreferenced blocks only 10 minutes later,
+# so without it a run would be faster or slower depending on what earlier runs had written.
+reset_one() {
+  local name="$1" dir="$BED/$1" pid
+  [[ -f "$dir/key" && -f "$dir/pid" ]] || { log "no server $name to reset (run start first)"; exit 1; }
+  pid="$(cat "$dir/pid")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -rf "$dir/meta" "$dir/data"
+  boot_one "$name"
 }
 
 pg_bin() {
@@ -216,6 +248,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   pg-restart) restart_pg "${2:-2}" ;;
+  reset) reset_one "${2:?usage: $0 reset a|b}" ;;
   barge-config) barge_config ;;
-  *) echo "usage: $0 install|start|stop|barge-config" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|reset a|b|pg-restart|barge-config" >&2; exit 2 ;;
 esac
