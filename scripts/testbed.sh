@@ -118,9 +118,10 @@ PY
 }
 
 # Stop one server, delete everything it stored, start it again empty on the same port with the
-# same key and buckets. The benchmark does this before each run that writes to server b: Garage
-# never rewrites a block it already holds and deletes unreferenced blocks only 10 minutes later,
-# so without it a run would be faster or slower depending on what earlier runs had written.
+# same key and buckets. The benchmark does this before each run that writes to server b when
+# BENCH_DEST=empty: Garage never rewrites a block it already holds and deletes unreferenced
+# blocks only 10 minutes later, so a run would otherwise be faster or slower depending on what
+# earlier runs had written (see bench/bench.py, DEST).
 reset_one() {
   local name="$1" dir="$BED/$1" pid
   [[ -f "$dir/key" && -f "$dir/pid" ]] || { log "no server $name to reset (run start first)"; exit 1; }
