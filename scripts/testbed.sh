@@ -100,8 +100,9 @@ boot_one() {
   [[ -n "$node" ]] || { log "Garage $name did not start:"; cat "$dir/server.log" >&2; exit 1; }
   "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
-  local key_id secret b
+  local key_id secret b port
   read -r key_id secret <"$dir/key"
+  read -r port <"$dir/s3_port"
   "${g[@]}" key import --yes -n barge "$key_id" "$secret" >/dev/null
   for b in $(cat "$dir/buckets"); do
     "${g[@]}" bucket create "$b" >/dev/null
@@ -109,7 +110,7 @@ boot_one() {
   done
   # Wait until the S3 API answers.
   for _ in $(seq 1 100); do
-    if python3 - "$(cat "$dir/s3_port")" <<'PY' 2>/dev/null; then break; fi
+    if python3 - "$port" <<'PY' 2>/dev/null; then break; fi
 import socket, sys
 socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
 PY
