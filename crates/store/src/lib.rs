@@ -8,6 +8,7 @@
 //! [`local`] (the local file system) and [`memory`] (an in-process store for fast engine tests).
 //! Every backend passes the same [`conformance`] suite.
 
+mod aligned;
 pub mod checksum;
 pub mod conformance;
 mod error;

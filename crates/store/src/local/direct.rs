@@ -21,63 +21,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-/// Alignment of buffer addresses, offsets and lengths for direct writes.
-pub(super) const ALIGN: usize = 4096;
-
-/// A fixed-capacity byte buffer whose contents start at an [`ALIGN`]-aligned address.
-pub(super) struct AlignedBuf {
-    /// Capacity plus [`ALIGN`] bytes of slack, so an aligned start always fits.
-    raw: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    /// A buffer of `cap` bytes (rounded up to a multiple of [`ALIGN`]).
-    pub(super) fn new(cap: usize) -> Self {
-        let cap = cap.div_ceil(ALIGN).max(1) * ALIGN;
-        let raw = vec![0u8; cap + ALIGN];
-        // The Vec never grows, so its address and this offset stay valid.
-        let start = raw.as_ptr().align_offset(ALIGN);
-        Self { raw, start, len: 0 }
-    }
-
-    fn cap(&self) -> usize {
-        self.raw.len() - ALIGN
-    }
-
-    /// Copy as much of `data` as fits; returns how many bytes were taken.
-    pub(super) fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.cap() - self.len);
-        let at = self.start + self.len;
-        self.raw[at..at + n].copy_from_slice(&data[..n]);
-        self.len += n;
-        n
-    }
-
-    pub(super) fn is_full(&self) -> bool {
-        self.len == self.cap()
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub(super) fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    pub(super) fn as_slice(&self) -> &[u8] {
-        &self.raw[self.start..self.start + self.len]
-    }
-
-    /// The whole aligned capacity, for a direct read to fill.
-    #[cfg(target_os = "linux")]
-    fn whole_mut(&mut self) -> &mut [u8] {
-        let cap = self.cap();
-        &mut self.raw[self.start..self.start + cap]
-    }
-}
+pub(super) use crate::aligned::{ALIGN, AlignedBuf};
 
 /// Open `path` for direct writes; `None` where the platform or the file system has no such mode.
 #[cfg(target_os = "linux")]
@@ -254,18 +198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn aligned_buffer_takes_what_fits_at_an_aligned_address() {
-        let mut b = AlignedBuf::new(5000);
-        assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
-        assert!(b.is_empty());
-        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        // Rounded up to two blocks.
-        assert_eq!(b.fill(&data), 2 * ALIGN);
-        assert!(b.is_full());
-        assert_eq!(b.as_slice(), &data[..2 * ALIGN]);
-        b.clear();
-        assert_eq!(b.fill(&data[..10]), 10);
-        assert_eq!(b.as_slice(), &data[..10]);
+    fn alignment_needs_offset_and_length_on_blocks() {
         assert!(!aligned(0, 10));
         assert!(aligned(8192, 2 * ALIGN));
         assert!(!aligned(100, ALIGN));

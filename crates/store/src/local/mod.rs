@@ -533,6 +533,24 @@ impl Store for LocalStore {
             let chunk = chunk?;
             crc = crate::checksum::crc32c_append(crc, &chunk);
             written += chunk.len() as u64;
+            // A chunk that is already aligned (a source that reads into aligned windows, as S3
+            // on plain HTTP does) goes to disk as it is, with nothing gathered before it.
+            if buf.is_empty()
+                && files.1.is_some()
+                && (chunk.as_ptr() as usize).is_multiple_of(direct::ALIGN)
+                && direct::aligned(offset, chunk.len())
+            {
+                let n = chunk.len() as u64;
+                let (files, key) = (files.clone(), upload.path.key.clone());
+                let went_direct = blocking(move || {
+                    write_batch(&files.0, files.1.as_ref(), &chunk, offset)
+                        .map_err(|e| StoreError::io(&key, e))
+                })
+                .await?;
+                cached |= !went_direct;
+                offset += n;
+                continue;
+            }
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 let n = buf.fill(rest);

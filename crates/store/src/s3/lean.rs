@@ -11,7 +11,10 @@
 //! map through the same table as the SDK path. Used for plain `http://` endpoints; HTTPS and
 //! everything else stays on the SDK.
 
-use std::sync::Mutex;
+mod raw;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -50,7 +53,14 @@ pub(super) struct Lean {
     resolver: PerBucket,
     provider: SharedCredentialsProvider,
     credentials: Mutex<Option<Credentials>>,
+    connect_timeout: Duration,
     read_timeout: Duration,
+    /// Connections of ranged GETs read by hand (`raw`).
+    conns: Arc<raw::Conns>,
+    /// Ranged GETs go through the SDK: the server's answers cannot be read by hand.
+    raw_off: AtomicBool,
+    /// Aligned windows that downloaded chunks are read into.
+    windows: Arc<crate::aligned::Windows>,
 }
 
 impl std::fmt::Debug for Lean {
@@ -69,6 +79,8 @@ enum Failure {
     Status(u16, String, String),
     Transport(String),
     Refused(String),
+    /// An answer this path cannot read (the SDK can).
+    Unreadable(String),
 }
 
 /// A header's value as text: UTF-8, as the SDK reads and signs them.
@@ -107,7 +119,11 @@ impl Lean {
             resolver: PerBucket::new(),
             provider: provider?,
             credentials: Mutex::new(None),
+            connect_timeout,
             read_timeout,
+            conns: Arc::default(),
+            raw_off: AtomicBool::new(false),
+            windows: raw::windows(),
         })
     }
 
@@ -161,24 +177,16 @@ impl Lean {
         Ok(url)
     }
 
-    /// Sign and send one request; the answer's status, headers and whole body.
-    async fn exchange(
+    /// Add SigV4's headers (date, payload hash, authorization) for a request to `url` to
+    /// `headers`, with the connection's credentials.
+    async fn sign(
         &self,
-        method: http::Method,
-        path: &ObjectPath,
-        pin: Option<&Pin>,
-        headers: HeaderMap,
-        body: Bytes,
-        unsigned_body: bool,
-    ) -> std::result::Result<(HeaderMap, Bytes), Failure> {
-        let url = self.url(path, pin).await.map_err(Failure::Refused)?;
+        method: &http::Method,
+        url: &str,
+        headers: &mut HeaderMap,
+        payload: SignableBody<'_>,
+    ) -> std::result::Result<(), Failure> {
         let identity = self.identity().await.map_err(Failure::Transport)?;
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .body(Full::new(body.clone()))
-            .map_err(|e| Failure::Refused(format!("building the request: {e}")))?;
-        *req.headers_mut() = headers;
         let mut settings = SigningSettings::default();
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
         settings.percent_encoding_mode = PercentEncodingMode::Single;
@@ -191,32 +199,56 @@ impl Lean {
             .settings(settings)
             .build()
             .map_err(|e| Failure::Refused(format!("signing: {e}")))?;
-        let signed = {
-            let mut pairs = Vec::with_capacity(req.headers().len());
-            for (k, v) in req.headers() {
+        let instructions = {
+            let mut pairs = Vec::with_capacity(headers.len());
+            for (k, v) in headers.iter() {
                 let v = text(v).ok_or_else(|| {
                     Failure::Refused(format!("the value of header {k} is not UTF-8 text"))
                 })?;
                 pairs.push((k.as_str(), v));
             }
-            let payload = if unsigned_body {
-                SignableBody::UnsignedPayload
-            } else {
-                SignableBody::Bytes(&body)
-            };
-            let signable = SignableRequest::new(
-                req.method().as_str(),
-                url.as_str(),
-                pairs.into_iter(),
-                payload,
-            )
-            .map_err(|e| Failure::Refused(format!("signing: {e}")))?;
+            let signable = SignableRequest::new(method.as_str(), url, pairs.into_iter(), payload)
+                .map_err(|e| Failure::Refused(format!("signing: {e}")))?;
             sign(signable, &params.into())
                 .map_err(|e| Failure::Refused(format!("signing: {e}")))?
                 .into_parts()
                 .0
         };
-        signed.apply_to_request_http1x(&mut req);
+        let (added, _) = instructions.into_parts();
+        for h in added {
+            let name = HeaderName::from_bytes(h.name().as_bytes())
+                .map_err(|e| Failure::Refused(format!("signing: {e}")))?;
+            let mut value = HeaderValue::from_str(h.value())
+                .map_err(|e| Failure::Refused(format!("signing: {e}")))?;
+            value.set_sensitive(h.sensitive());
+            headers.insert(name, value);
+        }
+        Ok(())
+    }
+
+    /// Sign and send one request; the answer's status, headers and whole body.
+    async fn exchange(
+        &self,
+        method: http::Method,
+        path: &ObjectPath,
+        pin: Option<&Pin>,
+        mut headers: HeaderMap,
+        body: Bytes,
+        unsigned_body: bool,
+    ) -> std::result::Result<(HeaderMap, Bytes), Failure> {
+        let url = self.url(path, pin).await.map_err(Failure::Refused)?;
+        let payload = if unsigned_body {
+            SignableBody::UnsignedPayload
+        } else {
+            SignableBody::Bytes(&body)
+        };
+        self.sign(&method, &url, &mut headers, payload).await?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .body(Full::new(body.clone()))
+            .map_err(|e| Failure::Refused(format!("building the request: {e}")))?;
+        *req.headers_mut() = headers;
         let answer = tokio::time::timeout(self.read_timeout, self.http.request(req))
             .await
             .map_err(|_| Failure::Transport("timed out waiting for the answer".into()))?
@@ -261,7 +293,7 @@ impl Lean {
             Failure::Status(status, code, message) => {
                 map_status(&self.store, op, path, status, &code, &message)
             }
-            Failure::Transport(detail) => StoreError::Transient {
+            Failure::Transport(detail) | Failure::Unreadable(detail) => StoreError::Transient {
                 store: self.store.clone(),
                 op: op.to_string(),
                 detail: format!("{path}: {detail}"),

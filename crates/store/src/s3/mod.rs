@@ -306,6 +306,15 @@ impl Store for S3Store {
         mut buf: BytesMut,
     ) -> Result<(Bytes, u32)> {
         buf.clear();
+        // Plain HTTP: the body read from the socket straight into the buffer.
+        if let Some(lean) = &self.lean
+            && len > 0
+            && let Some(crc) = lean
+                .get_range_into(path, pin, offset, len, &mut buf)
+                .await?
+        {
+            return Ok((buf.freeze(), crc));
+        }
         buf.reserve(len as usize);
         let mut crc = 0;
         let mut chunks = self.get_range_stream(path, pin, offset, len).await?;
@@ -351,6 +360,12 @@ impl Store for S3Store {
     ) -> Result<crate::ByteChunks> {
         if len == 0 {
             return Ok(Box::pin(futures::stream::empty()));
+        }
+        // Plain HTTP: each chunk read from the socket into an aligned window of its own.
+        if let Some(lean) = &self.lean
+            && let Some(chunks) = lean.get_range_chunks(path, pin, offset, len).await?
+        {
+            return Ok(chunks);
         }
         let out = self
             .client
