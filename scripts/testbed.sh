@@ -110,12 +110,15 @@ boot_one() {
   done
   # Wait until the S3 API answers.
   for _ in $(seq 1 100); do
-    if python3 - "$port" <<'PY' 2>/dev/null; then break; fi
+    if python3 - "$port" <<'PY' 2>/dev/null; then return 0; fi
 import socket, sys
 socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
 PY
     sleep 0.1
   done
+  log "Garage $name answers over RPC but nothing listens on its S3 port $port:"
+  cat "$dir/server.log" >&2
+  exit 1
 }
 
 # Stop one server, delete everything it stored, start it again empty on the same port with the

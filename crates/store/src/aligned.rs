@@ -81,6 +81,12 @@ impl AlignedBuf {
     }
 }
 
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// Aligned windows of one size, reused: a window is allocated (and its pages faulted in) once,
 /// not once per chunk.
 pub(crate) struct Windows {

@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -215,6 +216,23 @@ fn write_batch(f: &File, direct: Option<&File>, data: &[u8], at: u64) -> std::io
     }
     f.write_all_at(data, at)?;
     Ok(false)
+}
+
+/// [`write_batch`] on the blocking pool, for a part's file (`files`: its descriptors, plain and
+/// direct); hands `batch` back for reuse, with whether it went straight to disk.
+async fn write_on_pool<B: AsRef<[u8]> + Send + 'static>(
+    files: &Arc<(File, Option<File>)>,
+    key: &str,
+    batch: B,
+    at: u64,
+) -> Result<(B, bool)> {
+    let (files, key) = (files.clone(), key.to_string());
+    blocking(move || {
+        let went_direct = write_batch(&files.0, files.1.as_ref(), batch.as_ref(), at)
+            .map_err(|e| StoreError::io(&key, e))?;
+        Ok((batch, went_direct))
+    })
+    .await
 }
 
 /// Fill `buf` with exactly `len` bytes of `f` (the file at `path`) from `offset`; returns their
@@ -514,21 +532,14 @@ impl Store for LocalStore {
             Ok((f, d))
         })
         .await?;
-        let files = std::sync::Arc::new(files);
+        let files = Arc::new(files);
         // Chunks arrive small: gather about a megabyte (cache-hot), then write it at its offset.
         let mut crc = 0u32;
         let mut offset = part.offset;
         let mut written = 0u64;
         let mut cached = false;
         let mut buf = direct::AlignedBuf::new(BATCH);
-        let flush = |buf: direct::AlignedBuf, at: u64| {
-            let (files, key) = (files.clone(), upload.path.key.clone());
-            blocking(move || {
-                let went_direct = write_batch(&files.0, files.1.as_ref(), buf.as_slice(), at)
-                    .map_err(|e| StoreError::io(&key, e))?;
-                Ok((buf, went_direct))
-            })
-        };
+        let key = upload.path.key.as_str();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             crc = crate::checksum::crc32c_append(crc, &chunk);
@@ -541,12 +552,7 @@ impl Store for LocalStore {
                 && direct::aligned(offset, chunk.len())
             {
                 let n = chunk.len() as u64;
-                let (files, key) = (files.clone(), upload.path.key.clone());
-                let went_direct = blocking(move || {
-                    write_batch(&files.0, files.1.as_ref(), &chunk, offset)
-                        .map_err(|e| StoreError::io(&key, e))
-                })
-                .await?;
+                let (_, went_direct) = write_on_pool(&files, key, chunk, offset).await?;
                 cached |= !went_direct;
                 offset += n;
                 continue;
@@ -557,7 +563,7 @@ impl Store for LocalStore {
                 rest = &rest[n..];
                 if buf.is_full() {
                     let n = buf.as_slice().len() as u64;
-                    let (b, went_direct) = flush(buf, offset).await?;
+                    let (b, went_direct) = write_on_pool(&files, key, buf, offset).await?;
                     buf = b;
                     buf.clear();
                     cached |= !went_direct;
@@ -566,7 +572,7 @@ impl Store for LocalStore {
             }
         }
         if !buf.is_empty() {
-            let (_, went_direct) = flush(buf, offset).await?;
+            let (_, went_direct) = write_on_pool(&files, key, buf, offset).await?;
             cached |= !went_direct;
         }
         if cached {

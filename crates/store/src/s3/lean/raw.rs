@@ -122,10 +122,12 @@ impl Body {
                 return Err(self.fail("the connection was closed after an error".into()));
             };
             let mut room = (&mut *dst).limit(want);
-            match tokio::time::timeout(self.read_timeout, stream.read_buf(&mut room)).await {
-                Err(_) => return Err(self.fail("timed out reading the answer".into())),
-                Ok(Err(e)) => return Err(self.fail(format!("reading the answer failed: {e}"))),
-                Ok(Ok(n)) => n,
+            match timed_read(stream, &mut room, self.read_timeout).await {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(self.fail("timed out reading the answer".into()));
+                }
+                Err(e) => return Err(self.fail(format!("reading the answer failed: {e}"))),
+                Ok(n) => n,
             }
         };
         if n == 0 {
@@ -144,6 +146,17 @@ impl Body {
         }
         Ok(n)
     }
+}
+
+/// One read from the socket into `dst`'s spare room, given up (as `TimedOut`) after `timeout`.
+async fn timed_read<B: BufMut>(
+    stream: &mut TcpStream,
+    dst: &mut B,
+    timeout: Duration,
+) -> std::io::Result<usize> {
+    tokio::time::timeout(timeout, stream.read_buf(dst))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// How one request on one connection went.
@@ -321,11 +334,12 @@ impl Lean {
         let host = uri
             .host()
             .ok_or_else(|| Failure::Refused(format!("the URL {url} names no host")))?;
-        let authority = match uri.port_u16() {
+        let port = uri.port_u16();
+        let authority = match port {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        let port = uri.port_u16().unwrap_or(80);
+        let port = port.unwrap_or(80);
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let header = |v: &str, what: &str| {
             HeaderValue::from_str(v)
@@ -449,26 +463,25 @@ impl Lean {
                 )));
             }
             buf.reserve(8 * 1024);
-            let read = tokio::time::timeout(self.read_timeout, stream.read_buf(&mut buf)).await;
-            match read {
-                Err(_) => {
+            match timed_read(stream, &mut buf, self.read_timeout).await {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     return Sent::Failed(Failure::Transport(
                         "timed out waiting for the answer".into(),
                     ));
                 }
-                Ok(Ok(0)) if buf.is_empty() => return Sent::Closed,
-                Ok(Err(e)) if buf.is_empty() && gone(&e) => return Sent::Closed,
-                Ok(Ok(0)) => {
+                Ok(0) if buf.is_empty() => return Sent::Closed,
+                Err(e) if buf.is_empty() && gone(&e) => return Sent::Closed,
+                Ok(0) => {
                     return Sent::Failed(Failure::Transport(
                         "the connection closed in the middle of the answer's head".into(),
                     ));
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     return Sent::Failed(Failure::Transport(format!(
                         "reading the answer failed: {e}"
                     )));
                 }
-                Ok(Ok(_)) => {}
+                Ok(_) => {}
             }
             match parse_head(&buf) {
                 Ok(Some(head)) => return Sent::Answer(head, buf),
@@ -488,8 +501,8 @@ impl Lean {
         while body.len() < want {
             let left = want - body.len();
             let mut room = (&mut body).limit(left);
-            match tokio::time::timeout(self.read_timeout, stream.read_buf(&mut room)).await {
-                Ok(Ok(n)) if n > 0 => {}
+            match timed_read(stream, &mut room, self.read_timeout).await {
+                Ok(n) if n > 0 => {}
                 _ => break,
             }
         }
