@@ -82,6 +82,9 @@ EOF
   log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
 }
 
+# Stop the script: why the server in folder $1 is not usable ($2), then its log.
+boot_failed() { log "$2"; cat "$1/server.log" >&2; exit 1; }
+
 # Start one configured server on empty metadata and data folders: layout, key, buckets.
 boot_one() {
   local name="$1" dir="$BED/$1"
@@ -97,7 +100,7 @@ boot_one() {
     node=""
     sleep 0.1
   done
-  [[ -n "$node" ]] || { log "Garage $name did not start:"; cat "$dir/server.log" >&2; exit 1; }
+  [[ -n "$node" ]] || boot_failed "$dir" "Garage $name did not start:"
   "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
   local key_id secret b port
@@ -116,9 +119,7 @@ socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close()
 PY
     sleep 0.1
   done
-  log "Garage $name answers over RPC but nothing listens on its S3 port $port:"
-  cat "$dir/server.log" >&2
-  exit 1
+  boot_failed "$dir" "Garage $name answers over RPC but nothing listens on its S3 port $port:"
 }
 
 # Stop one server, delete everything it stored, start it again empty on the same port with the
