@@ -82,8 +82,8 @@ EOF
   log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
 }
 
-# Stop the script: why the server in folder $1 is not usable ($2), then its log.
-boot_failed() { log "$2"; cat "$1/server.log" >&2; exit 1; }
+# Stop the script: what failed ($2), then the log that says why ($1).
+fail_with_log() { log "$2"; cat "$1" >&2; exit 1; }
 
 # Start one configured server on empty metadata and data folders: layout, key, buckets.
 boot_one() {
@@ -100,7 +100,7 @@ boot_one() {
     node=""
     sleep 0.1
   done
-  [[ -n "$node" ]] || boot_failed "$dir" "Garage $name did not start:"
+  [[ -n "$node" ]] || fail_with_log "$dir/server.log" "Garage $name did not start:"
   "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
   local key_id secret b port
@@ -117,7 +117,7 @@ boot_one() {
     if timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$port" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  boot_failed "$dir" "Garage $name answers over RPC but nothing listens on its S3 port $port:"
+  fail_with_log "$dir/server.log" "Garage $name answers over RPC but nothing listens on its S3 port $port:"
 }
 
 # Stop one server, delete everything it stored, start it again empty on the same port with the
@@ -174,10 +174,10 @@ start_pg() {
   fi
   # initdb refuses to run as root: as root, run the throwaway server as the postgres user.
   as_pg "$bin/initdb" -D "$dir/data" -A trust -U barge --no-sync >"$dir/initdb.log" 2>&1 \
-    || { cat "$dir/initdb.log" >&2; exit 1; }
+    || fail_with_log "$dir/initdb.log" "PostgreSQL's initdb failed in $dir/data:"
   as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
-    || { cat "$dir/server.log" >&2; exit 1; }
+    || fail_with_log "$dir/server.log" "PostgreSQL did not start on 127.0.0.1:$port:"
   as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U barge barge
   echo "$bin" >"$dir/bin"
   echo "$port" >"$dir/port"
