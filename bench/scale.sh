@@ -23,6 +23,8 @@ BR=bargebr0
 WORK="$(mktemp -d /tmp/barge-scale.XXXXXX)"
 OUT="$ROOT/bench/results/scale.md"
 log() { echo "scale: $*" >&2; }
+# shellcheck source=scripts/garage-up.sh
+source "$ROOT/scripts/garage-up.sh"
 
 [[ $EUID -eq 0 ]] || { echo "bench/scale.sh needs root (network namespaces, tc)" >&2; exit 2; }
 command -v ip >/dev/null && command -v tc >/dev/null \
@@ -84,9 +86,7 @@ root_domain = ".s3.localhost"
 EOF
 RUST_LOG=warn ip netns exec bs3 "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
 g() { ip netns exec bs3 "$GARAGE" -c "$WORK/garage.toml" "$@"; }
-node=""
-for _ in $(seq 1 100); do node="$(g node id -q 2>/dev/null)" && break; sleep 0.1; done
-[[ -n "$node" ]] || { cat "$WORK/garage.log" >&2; exit 1; }
+node="$(garage_node_id g)" || fail_with_log "$WORK/garage.log" "Garage did not start in namespace bs3:"
 g layout assign -z dc1 -c 20G "${node%@*}" >/dev/null
 g layout apply --version 1 >/dev/null
 # Two keys: source and destination are two "accounts" on one server, so barge cannot copy
@@ -98,6 +98,8 @@ g bucket create src >/dev/null
 g bucket create dst >/dev/null
 g bucket allow --read --write src --key src >/dev/null
 g bucket allow --read --write dst --key dst >/dev/null
+wait_for_port "$NET.2" 3900 \
+  || fail_with_log "$WORK/garage.log" "Garage answers over RPC but nothing listens on $NET.2:3900:"
 export SRC_ID SRC_SECRET DST_ID DST_SECRET
 cat >"$WORK/config.toml" <<EOF
 [connections.src]

@@ -22,6 +22,8 @@ GARAGE="${GARAGE_BIN:-$CACHE/garage-$GARAGE_VERSION/bin/garage}"
 BED="${BARGE_TESTBED_DIR:-$ROOT/.testbed}"
 
 log() { echo "testbed: $*" >&2; }
+# shellcheck source=scripts/garage-up.sh
+source "$ROOT/scripts/garage-up.sh"
 
 install_garage() {
   if [[ -x "$GARAGE" ]]; then
@@ -82,9 +84,6 @@ EOF
   log "Garage $name: S3 on 127.0.0.1:$s3_port, buckets ${buckets[*]}"
 }
 
-# Stop the script: what failed ($2), then the log that says why ($1).
-fail_with_log() { log "$2"; cat "$1" >&2; exit 1; }
-
 # Start one configured server on empty metadata and data folders: layout, key, buckets.
 boot_one() {
   local name="$1" dir="$BED/$1"
@@ -92,15 +91,8 @@ boot_one() {
   RUST_LOG=warn nohup "$GARAGE" -c "$dir/garage.toml" server >>"$dir/server.log" 2>&1 &
   echo $! >"$dir/pid"
   local g=("$GARAGE" -c "$dir/garage.toml")
-  local node=""
-  # `node id` reads the key file, which can exist before the server listens: wait until the
-  # server also answers over RPC (`status`), or the layout commands race its start.
-  for _ in $(seq 1 200); do
-    if node="$("${g[@]}" node id -q 2>/dev/null)" && "${g[@]}" status >/dev/null 2>&1; then break; fi
-    node=""
-    sleep 0.1
-  done
-  [[ -n "$node" ]] || fail_with_log "$dir/server.log" "Garage $name did not start:"
+  local node
+  node="$(garage_node_id "${g[@]}")" || fail_with_log "$dir/server.log" "Garage $name did not start:"
   "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
   local key_id secret b port
@@ -111,13 +103,8 @@ boot_one() {
     "${g[@]}" bucket create "$b" >/dev/null
     "${g[@]}" bucket allow --read --write --owner "$b" --key barge >/dev/null
   done
-  # Wait until the S3 API accepts a connection (bash's /dev/tcp: a refused connect on loopback
-  # fails at once, and `timeout` bounds one that hangs).
-  for _ in $(seq 1 100); do
-    if timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$port" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  fail_with_log "$dir/server.log" "Garage $name answers over RPC but nothing listens on its S3 port $port:"
+  wait_for_port 127.0.0.1 "$port" \
+    || fail_with_log "$dir/server.log" "Garage $name answers over RPC but nothing listens on its S3 port $port:"
 }
 
 # Stop one server, delete everything it stored, start it again empty on the same port with the
