@@ -102,6 +102,41 @@ async fn a_postgresql_journal_behaves_like_sqlite() {
     abort_discards(j).await;
 }
 
+/// A worker or a `submit` that opens a PostgreSQL journal while other processes are writing to
+/// it neither waits for their transactions nor makes them wait (the two waiting on each other
+/// is a deadlock that PostgreSQL ends by failing one of them): once the schema exists, opening
+/// takes no lock on its tables.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_journal_opens_while_another_transaction_writes_to_it() {
+    use sqlx::Connection;
+    let url = pg_url();
+    SqlJournal::open(&url).await.expect("create the schema");
+    sqlx::any::install_default_drivers();
+    let mut other = sqlx::AnyConnection::connect(&url)
+        .await
+        .expect("a second connection");
+    let mut tx = other.begin().await.expect("begin");
+    sqlx::query(
+        "LOCK TABLE barge_transfers, barge_files, barge_parts, barge_work, barge_destinations \
+         IN ROW EXCLUSIVE MODE",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("hold the locks a writing transaction holds");
+    let opened =
+        tokio::time::timeout(std::time::Duration::from_secs(30), SqlJournal::open(&url)).await;
+    tx.rollback().await.expect("rollback");
+    let j = opened
+        .expect("opening the journal waited for another process's transaction")
+        .expect("open");
+    assert!(
+        j.transfer("no-such-transfer")
+            .await
+            .expect("read")
+            .is_none()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plans_are_recorded_exactly_in_sqlite() {
     plans_round_trip(journal("plans").await.as_ref()).await;

@@ -86,6 +86,11 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS barge_destinations_file ON barge_destinations (transfer_id, file_id)",
 ];
 
+/// The table or index a statement of [`SCHEMA`] creates (`CREATE TABLE|INDEX IF NOT EXISTS name`).
+fn schema_object(stmt: &str) -> &str {
+    stmt.split_whitespace().nth(5).unwrap_or_default()
+}
+
 const TRANSFER_COLS: &str = "id, fingerprint, created_at, updated_at, state, spec";
 pub(super) const FILE_COLS: &str = "file_id, src_conn, src_bucket, src_key, dst_conn, dst_bucket, dst_key, \
      size, etag, version_id, attrs, strategy, part_size, part_count, upload_id, state, error";
@@ -182,22 +187,30 @@ impl SqlJournal {
             pg: is_pg,
             shown,
         };
-        // One transaction, and on PostgreSQL under an advisory lock: `CREATE ... IF NOT EXISTS`
-        // is not safe against itself, and many workers may start at once on a fresh database.
-        let mut tx = j.pool.begin().await.map_err(|e| j.err(e))?;
-        if is_pg {
-            sqlx::query("SELECT pg_advisory_xact_lock(4242420001)")
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| j.err(e))?;
+        // On PostgreSQL the schema is created only when some of it is missing: `CREATE INDEX IF
+        // NOT EXISTS` takes a SHARE lock on its table even when the index exists, held to the end
+        // of the transaction, so a process opening a journal that others are writing to would
+        // wait for their transactions while they wait for it (a deadlock PostgreSQL breaks by
+        // failing one of them).
+        if !(is_pg && j.schema_complete().await?) {
+            // One transaction, and on PostgreSQL under an advisory lock: `CREATE ... IF NOT
+            // EXISTS` is not safe against itself, and many workers may start at once on a fresh
+            // database.
+            let mut tx = j.pool.begin().await.map_err(|e| j.err(e))?;
+            if is_pg {
+                sqlx::query("SELECT pg_advisory_xact_lock(4242420001)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| j.err(e))?;
+            }
+            for stmt in SCHEMA {
+                sqlx::query(*stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| j.err(e))?;
+            }
+            tx.commit().await.map_err(|e| j.err(e))?;
         }
-        for stmt in SCHEMA {
-            sqlx::query(*stmt)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| j.err(e))?;
-        }
-        tx.commit().await.map_err(|e| j.err(e))?;
         // Prove it is writable now, not after bytes have moved.
         let probe = format!("probe-{}", uuid::Uuid::new_v4().simple());
         sqlx::query(
@@ -218,6 +231,24 @@ impl SqlJournal {
 
     pub fn shown(&self) -> &str {
         &self.shown
+    }
+
+    /// Whether every table and index of the schema exists (PostgreSQL; without taking a lock).
+    async fn schema_complete(&self) -> Result<bool> {
+        let checks: Vec<String> = SCHEMA
+            .iter()
+            .map(|stmt| format!("to_regclass('{}') IS NOT NULL", schema_object(stmt)))
+            .collect();
+        let sql = format!(
+            "SELECT CASE WHEN {} THEN 1 ELSE 0 END",
+            checks.join(" AND ")
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let complete: i32 = row.try_get(0).map_err(|e| self.err(e))?;
+        Ok(complete == 1)
     }
 
     /// A file's upload id, and the file marked uploading: on a connection or in a transaction.
@@ -679,6 +710,26 @@ fn unavailable(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_schema_statement_names_what_it_creates() {
+        for stmt in SCHEMA {
+            let words: Vec<&str> = stmt.split_whitespace().take(5).collect();
+            assert!(
+                matches!(
+                    words[..],
+                    ["CREATE", "TABLE" | "INDEX", "IF", "NOT", "EXISTS"]
+                ),
+                "{stmt}"
+            );
+            let name = schema_object(stmt);
+            assert!(
+                name.starts_with("barge_")
+                    && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{stmt}"
+            );
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {
