@@ -210,6 +210,8 @@ start() {
   install_garage
   stop
   mkdir -p "$BED"
+  # A start that fails part-way stops what it had started (the callers' traps are set after it).
+  trap stop EXIT
   : >"$BED/env"
   chmod 600 "$BED/env"
   start_one a src dst other
@@ -219,6 +221,7 @@ start() {
     start_pg
   fi
   echo "export BARGE_TESTBED=$BED" >>"$BED/env"
+  trap - EXIT
   log "environment written to $BED/env"
 }
 
