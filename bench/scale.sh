@@ -86,7 +86,7 @@ root_domain = ".s3.localhost"
 EOF
 RUST_LOG=warn ip netns exec bs3 "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
 g() { ip netns exec bs3 "$GARAGE" -c "$WORK/garage.toml" "$@"; }
-node="$(garage_node_id g)" || fail_with_log "$WORK/garage.log" "Garage did not start in namespace bs3:"
+node="$(garage_node_id g)" || fail_with_log "Garage did not start in namespace bs3:" "$WORK/garage.log"
 g layout assign -z dc1 -c 20G "${node%@*}" >/dev/null
 g layout apply --version 1 >/dev/null
 # Two keys: source and destination are two "accounts" on one server, so barge cannot copy
@@ -99,7 +99,7 @@ g bucket create dst >/dev/null
 g bucket allow --read --write src --key src >/dev/null
 g bucket allow --read --write dst --key dst >/dev/null
 wait_for_port "$NET.2" 3900 \
-  || fail_with_log "$WORK/garage.log" "Garage answers over RPC but nothing listens on $NET.2:3900:"
+  || fail_with_log "Garage answers over RPC but nothing listens on $NET.2:3900:" "$WORK/garage.log"
 export SRC_ID SRC_SECRET DST_ID DST_SECRET
 cat >"$WORK/config.toml" <<EOF
 [connections.src]
@@ -147,7 +147,7 @@ for n in $WORKERS; do
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(date +%s.%N)
   state="$("$BARGE" status "$id" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["transfer"]["state"])')"
-  [[ "$state" == done ]] || { log "transfer $id ended $state"; cat "$WORK"/worker-"$n"-*.log >&2; exit 1; }
+  [[ "$state" == done ]] || fail_with_log "transfer $id ended $state" "$WORK"/worker-"$n"-*.log
   "$BARGE" --journal none verify src:src/obj "dst:dst/obj-$n" >/dev/null \
     || { log "dst/obj-$n differs from the source"; exit 1; }
   secs=$(python3 -c "print(f'{$t1 - $t0:.2f}')")

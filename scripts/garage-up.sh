@@ -26,6 +26,6 @@ wait_for_port() {
   return 1
 }
 
-# fail_with_log FILE MESSAGE: stop the calling script with MESSAGE (through its own `log`), then
-# the log FILE that says why.
-fail_with_log() { log "$2"; cat "$1" >&2; exit 1; }
+# fail_with_log MESSAGE FILE...: stop the calling script with MESSAGE (through its own `log`),
+# then the log FILEs that say why.
+fail_with_log() { log "$1"; cat "${@:2}" >&2; exit 1; }

@@ -92,7 +92,7 @@ boot_one() {
   echo $! >"$dir/pid"
   local g=("$GARAGE" -c "$dir/garage.toml")
   local node
-  node="$(garage_node_id "${g[@]}")" || fail_with_log "$dir/server.log" "Garage $name did not start:"
+  node="$(garage_node_id "${g[@]}")" || fail_with_log "Garage $name did not start:" "$dir/server.log"
   "${g[@]}" layout assign -z dc1 -c 10G "${node%@*}" >/dev/null
   "${g[@]}" layout apply --version 1 >/dev/null
   local key_id secret b port
@@ -104,7 +104,7 @@ boot_one() {
     "${g[@]}" bucket allow --read --write --owner "$b" --key barge >/dev/null
   done
   wait_for_port 127.0.0.1 "$port" \
-    || fail_with_log "$dir/server.log" "Garage $name answers over RPC but nothing listens on its S3 port $port:"
+    || fail_with_log "Garage $name answers over RPC but nothing listens on its S3 port $port:" "$dir/server.log"
 }
 
 # Stop one server, delete everything it stored, start it again empty on the same port with the
@@ -161,10 +161,10 @@ start_pg() {
   fi
   # initdb refuses to run as root: as root, run the throwaway server as the postgres user.
   as_pg "$bin/initdb" -D "$dir/data" -A trust -U barge --no-sync >"$dir/initdb.log" 2>&1 \
-    || fail_with_log "$dir/initdb.log" "PostgreSQL's initdb failed in $dir/data:"
+    || fail_with_log "PostgreSQL's initdb failed in $dir/data:" "$dir/initdb.log"
   as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
-    || fail_with_log "$dir/server.log" "PostgreSQL did not start on 127.0.0.1:$port:"
+    || fail_with_log "PostgreSQL did not start on 127.0.0.1:$port:" "$dir/server.log"
   as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U barge barge
   echo "$bin" >"$dir/bin"
   echo "$port" >"$dir/port"
