@@ -707,3 +707,157 @@ async fn a_closed_standard_output_ends_quietly_not_with_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(o.status.code(), Some(141), "{err}");
 }
+
+/// An HTTPS endpoint whose certificate a private CA signed (a TLS front before server A): barge
+/// copies both ways through it when the connection names the CA (`ca_bundle`, or
+/// `AWS_CA_BUNDLE`), and without it refuses at once with the fix, retrying nothing and
+/// leaving nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
+    let e = env("cli-tls");
+    let p = prefix("cli-tls");
+    let front = barge_faultproxy::TlsFront::start(upstream("A"))
+        .await
+        .expect("TLS front");
+    let ca = e.dir.join("private-ca.pem");
+    std::fs::write(&ca, &front.ca_pem).expect("CA file");
+    let tls_conn = |name: &str, bundle: Option<&Path>| {
+        let mut s = format!(
+            "[connections.{name}]\nendpoint = \"https://{}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_A_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_A_SECRET\"\n",
+            front.addr
+        );
+        if let Some(b) = bundle {
+            s.push_str(&format!("ca_bundle = \"{}\"\n", b.display()));
+        }
+        s + "\n"
+    };
+    std::fs::write(
+        &e.config,
+        format!(
+            "{}{}{}",
+            config_text(),
+            tls_conn("ta", Some(&ca)),
+            tls_conn("tn", None)
+        ),
+    )
+    .expect("config");
+    let a = ga().await;
+    let big = data(12 * MIB + 3, 41);
+    put(
+        a.as_ref(),
+        "src",
+        &format!("{p}in/big"),
+        big.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    for i in 0..3 {
+        put(
+            a.as_ref(),
+            "src",
+            &format!("{p}in/small{i}"),
+            data(70_000 + i, i as u64),
+            &ObjectAttrs::default(),
+        )
+        .await;
+    }
+    let run = |args: &[&str], ca_env: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_barge"));
+        c.arg("--config")
+            .arg(&e.config)
+            .arg("--journal")
+            .arg("none")
+            .args(args)
+            .env_remove("BARGE_CONFIG")
+            .env_remove("AWS_CA_BUNDLE");
+        if let Some(b) = ca_env {
+            c.env("AWS_CA_BUNDLE", b);
+        }
+        c.output().expect("run barge")
+    };
+    // From HTTPS (ranged GETs of 5 MiB parts, whole small objects), then back to it
+    // (multipart upload).
+    let o = run(
+        &[
+            "cp",
+            "-r",
+            &format!("ta:src/{p}in/"),
+            &format!("gb:dst/{p}"),
+            "--part-size",
+            "5MiB",
+            "--json",
+        ],
+        None,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json summary");
+    assert_eq!(v["files_ok"], 4, "{v}");
+    let o = run(
+        &[
+            "cp",
+            &format!("gb:dst/{p}big"),
+            &format!("ta:src/{p}back/big"),
+            "--part-size",
+            "5MiB",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    let b = gb().await;
+    assert_eq!(
+        sha256(&read(b.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&big)
+    );
+    assert_eq!(
+        sha256(&read(a.as_ref(), "src", &format!("{p}back/big")).await),
+        sha256(&big)
+    );
+    for i in 0..3 {
+        assert_eq!(
+            sha256(&read(b.as_ref(), "dst", &format!("{p}small{i}")).await),
+            sha256(&data(70_000 + i, i as u64))
+        );
+    }
+    // The connection without ca_bundle, trusting the CA through AWS_CA_BUNDLE.
+    let o = run(
+        &[
+            "cp",
+            &format!("tn:src/{p}in/small0"),
+            &format!("gb:dst/{p}env/small0"),
+        ],
+        Some(&ca),
+    );
+    assert!(o.status.success(), "{}", text(&o).1);
+    // And trusting nothing but the system's authorities: refused, with what to do.
+    let o = run(
+        &[
+            "cp",
+            &format!("tn:src/{p}in/big"),
+            &format!("gb:dst/{p}untrusted/big"),
+            "--part-size",
+            "5MiB",
+        ],
+        None,
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tn: ")
+            && err.contains("invalid peer certificate")
+            && err.contains("name its PEM file as ca_bundle"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("will retry"),
+        "a TLS refusal is retried: {err}"
+    );
+    assert!(
+        b.head(&ObjectPath::new("dst", format!("{p}untrusted/big")))
+            .await
+            .is_err(),
+        "something was written"
+    );
+    assert_no_uploads(b.as_ref(), "dst", &p).await;
+    assert_no_uploads(a.as_ref(), "src", &p).await;
+}

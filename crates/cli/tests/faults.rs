@@ -12,13 +12,6 @@ use barge_faultproxy::{FaultProxy, Faults};
 use barge_store::ObjectAttrs;
 use common::*;
 
-fn upstream(which: &str) -> std::net::SocketAddr {
-    let ep = std::env::var(format!("BARGE_TEST_{which}_ENDPOINT")).expect("test bed");
-    ep.trim_start_matches("http://")
-        .parse()
-        .expect("endpoint address")
-}
-
 fn config_through(a: &FaultProxy, b: &FaultProxy) -> String {
     let mut s = String::new();
     for (name, which, p) in [("fa", "A", a), ("fb", "B", b)] {

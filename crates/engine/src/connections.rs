@@ -42,6 +42,9 @@ pub struct ConnectionConfig {
     pub read_timeout: Option<String>,
     /// How long to wait for a connection (`10s`).
     pub connect_timeout: Option<String>,
+    /// A PEM file of certificate authorities to trust for this endpoint's HTTPS, besides the
+    /// system's (a store whose certificate a private CA signed). Defaults to `AWS_CA_BUNDLE`.
+    pub ca_bundle: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -163,6 +166,13 @@ pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
     if let Some(t) = &c.connect_timeout {
         cfg.connect_timeout = duration(t, "connect_timeout")?;
     }
+    // As the AWS CLI and the SDKs for Python do, AWS_CA_BUNDLE applies where nothing else is said.
+    cfg.ca_bundle = c
+        .ca_bundle
+        .clone()
+        .or_else(|| std::env::var("AWS_CA_BUNDLE").ok())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
     cfg.credentials = match (&c.access_key_id_env, &c.secret_access_key_env, &c.profile) {
         (Some(k), Some(s), _) => CredentialSource::Static {
             access_key_id: env_var(name, k)?,

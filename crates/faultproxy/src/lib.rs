@@ -2,6 +2,8 @@
 //! share of new connections with `503 SlowDown` or `500 InternalError`, and cuts or stalls the
 //! others after a random number of bytes. Every connection, healthy ones included, has a byte
 //! budget, so faults keep coming for as long as the transfer runs.
+//!
+//! [`TlsFront`] puts TLS in front of a plain-HTTP server, with a certificate authority of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +15,9 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
+
+mod tls;
+pub use tls::TlsFront;
 
 /// How often each fault happens.
 #[derive(Clone, Debug)]

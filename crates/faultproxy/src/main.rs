@@ -1,22 +1,47 @@
 //! `faultproxy UPSTREAM_ADDR`: run the fault-injecting proxy by hand (prints its address).
+//! `faultproxy tls UPSTREAM_ADDR CA_FILE`: run a TLS front instead; its certificate
+//! authority goes to CA_FILE (PEM), for a connection's `ca_bundle`.
 
 use std::net::SocketAddr;
 
-use barge_faultproxy::{FaultProxy, Faults};
+use barge_faultproxy::{FaultProxy, Faults, TlsFront};
+
+const USAGE: &str = "usage: faultproxy UPSTREAM_ADDR | faultproxy tls UPSTREAM_ADDR CA_FILE (UPSTREAM_ADDR like 127.0.0.1:3900)";
+
+fn fail(msg: &str, code: i32) -> ! {
+    eprintln!("faultproxy: {msg}");
+    std::process::exit(code);
+}
+
+fn address(arg: Option<String>) -> SocketAddr {
+    let Some(upstream) = arg else {
+        fail(USAGE, 2);
+    };
+    upstream
+        .parse()
+        .unwrap_or_else(|e| fail(&format!("'{upstream}' is not an address: {e}"), 2))
+}
 
 #[tokio::main]
 async fn main() {
-    let Some(upstream) = std::env::args().nth(1) else {
-        eprintln!("usage: faultproxy UPSTREAM_ADDR (like 127.0.0.1:3900)");
-        std::process::exit(2);
-    };
-    let upstream: SocketAddr = match upstream.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("faultproxy: '{upstream}' is not an address: {e}");
-            std::process::exit(2);
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some("tls") {
+        let upstream = address(args.next());
+        let Some(ca_file) = args.next() else {
+            fail(USAGE, 2);
+        };
+        let front = TlsFront::start(upstream)
+            .await
+            .unwrap_or_else(|e| fail(&e.to_string(), 1));
+        if let Err(e) = std::fs::write(&ca_file, &front.ca_pem) {
+            fail(&format!("writing {ca_file}: {e}"), 1);
         }
-    };
+        println!("{}", front.addr);
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    }
+    let upstream = address(first);
     match FaultProxy::start(upstream, Faults::default()).await {
         Ok(p) => {
             println!("{}", p.addr);
@@ -24,9 +49,6 @@ async fn main() {
             let [c, s, i, cut, st] = p.counts.snapshot();
             eprintln!("connections {c}, 503 {s}, 500 {i}, cut {cut}, stalled {st}");
         }
-        Err(e) => {
-            eprintln!("faultproxy: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => fail(&e.to_string(), 1),
     }
 }

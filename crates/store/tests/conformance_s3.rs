@@ -1,7 +1,8 @@
 //! The conformance suite against a real S3 server (Garage, started by scripts/testbed.sh).
 
+use barge_faultproxy::TlsFront;
 use barge_store::s3::{CredentialSource, S3Config, S3Store, Secret};
-use barge_store::{Store, conformance};
+use barge_store::{Store, StoreError, conformance};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -10,6 +11,12 @@ fn env(name: &str) -> String {
 }
 
 async fn garage(which: &str) -> S3Store {
+    S3Store::connect(garage_config(which))
+        .await
+        .expect("connect to Garage")
+}
+
+fn garage_config(which: &str) -> S3Config {
     let mut cfg = S3Config::new(format!("garage-{which}"));
     cfg.endpoint = Some(env(&format!("BARGE_TEST_{which}_ENDPOINT")));
     cfg.region = Some("us-east-1".into());
@@ -19,7 +26,28 @@ async fn garage(which: &str) -> S3Store {
         secret_access_key: Secret::new(env(&format!("BARGE_TEST_{which}_SECRET"))),
         session_token: None,
     };
-    S3Store::connect(cfg).await.expect("connect to Garage")
+    cfg
+}
+
+/// A TLS front for server A, with a certificate authority of its own, and the connection
+/// settings for it: endpoint `https://127.0.0.1:PORT`, no CA bundle yet.
+async fn garage_over_tls() -> (TlsFront, S3Config) {
+    let plain = env("BARGE_TEST_A_ENDPOINT");
+    let upstream = plain
+        .trim_start_matches("http://")
+        .parse()
+        .expect("server A's address");
+    let front = TlsFront::start(upstream).await.expect("TLS front");
+    let mut cfg = garage_config("A");
+    cfg.name = "garage-a-tls".into();
+    cfg.endpoint = Some(format!("https://{}", front.addr));
+    (front, cfg)
+}
+
+fn ca_file(front: &TlsFront) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("barge-ca-{}.pem", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, &front.ca_pem).expect("write the CA");
+    path
 }
 
 #[tokio::test]
@@ -34,6 +62,64 @@ async fn s3_store_conforms() {
         .await
         .expect("list uploads");
     assert!(left.is_empty(), "uploads left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn s3_store_conforms_over_https_with_a_private_ca() {
+    let (front, mut cfg) = garage_over_tls().await;
+    let ca = ca_file(&front);
+    cfg.ca_bundle = Some(ca.clone());
+    let store = S3Store::connect(cfg).await.expect("connect over TLS");
+    // HTTPS takes the same lean path as plain HTTP, ranged GETs read by hand included.
+    assert!(store.uses_lean_path());
+    let prefix = format!("conformance-tls-{}/", uuid::Uuid::new_v4().simple());
+    conformance::run_all(&store, "src", &prefix).await;
+    assert!(
+        store.reads_ranges_by_hand(),
+        "ranged GETs went back to the SDK"
+    );
+    let left = store
+        .list_uploads("src", &prefix)
+        .await
+        .expect("list uploads");
+    assert!(left.is_empty(), "uploads left behind: {left:?}");
+    let _ = std::fs::remove_file(ca);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_with_the_fix_not_retried() {
+    let (front, cfg) = garage_over_tls().await;
+    let store = S3Store::connect(cfg).await.expect("client builds");
+    let path = barge_store::ObjectPath::new("src", "tls/any");
+    let pin = barge_store::Pin::default();
+    let body = bytes::Bytes::from_static(b"some bytes");
+    let crc = barge_store::checksum::crc32c(&body);
+    // HEAD goes through the SDK; GET, ranged GET and PUT through the lean path.
+    let errors = [
+        store.head(&path).await.expect_err("head"),
+        store.get(&path, &pin).await.map(|_| ()).expect_err("get"),
+        store
+            .get_range(&path, &pin, 0, 10)
+            .await
+            .map(|_| ())
+            .expect_err("ranged get"),
+        store
+            .put(&path, body, &Default::default(), Some(crc))
+            .await
+            .map(|_| ())
+            .expect_err("put"),
+    ];
+    for err in errors {
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StoreError::Permanent { .. })
+                && msg.starts_with("garage-a-tls: ")
+                && msg.contains("invalid peer certificate")
+                && msg.contains("name its PEM file as ca_bundle"),
+            "{msg}"
+        );
+    }
+    drop(front);
 }
 
 #[tokio::test]

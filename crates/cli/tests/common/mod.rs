@@ -21,6 +21,15 @@ pub fn require_testbed() {
     );
 }
 
+/// The address of test server `which` (`A` or `B`), for a proxy in front of it.
+pub fn upstream(which: &str) -> std::net::SocketAddr {
+    require_testbed();
+    let ep = std::env::var(format!("BARGE_TEST_{which}_ENDPOINT")).unwrap_or_default();
+    ep.trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| panic!("test server {which}'s endpoint {ep}: {e}"))
+}
+
 /// The config file text naming both test servers as `ga` and `gb`.
 pub fn config_text() -> String {
     require_testbed();

@@ -1,6 +1,7 @@
 //! Turning a connection's settings into an `aws-sdk-s3` client.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -63,6 +64,8 @@ pub struct S3Config {
     /// How long to wait for the next bytes of an answer before the attempt is abandoned.
     pub read_timeout: Duration,
     pub max_object_size: Option<u64>,
+    /// A PEM file of certificate authorities trusted for HTTPS besides the system's.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl S3Config {
@@ -77,6 +80,7 @@ impl S3Config {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             max_object_size: None,
+            ca_bundle: None,
         }
     }
 }
@@ -90,6 +94,14 @@ pub(super) struct Built {
 }
 
 pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
+    // A plain-HTTP endpoint has no use for certificates: its CA bundle (perhaps only
+    // AWS_CA_BUNDLE, set for other tools) is not even read.
+    let plain_http = cfg.endpoint.as_deref().is_some_and(|e| {
+        e.get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+    });
+    let bundle = cfg.ca_bundle.as_deref().filter(|_| !plain_http);
+    let trust = super::tls::Trust::load(&cfg.name, bundle)?;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -98,6 +110,9 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
                 .read_timeout(cfg.read_timeout)
                 .build(),
         );
+    if let Some(http) = trust.sdk_client() {
+        loader = loader.http_client(http);
+    }
     if let Some(region) = &cfg.region {
         loader = loader.region(Region::new(region.clone()));
     }
@@ -163,7 +178,8 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
         sdk.credentials_provider(),
         cfg.connect_timeout,
         cfg.read_timeout,
-    );
+        &trust,
+    )?;
     Ok(Built {
         client: Client::from_conf(builder.build()),
         identity,

@@ -22,7 +22,14 @@ where
     match &err {
         SdkError::TimeoutError(_) => transient("timed out".into()),
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            transient(DisplayErrorContext(&err).to_string())
+            match super::tls::failure(&err) {
+                Some(why) => StoreError::Permanent {
+                    store,
+                    op: op.to_string(),
+                    detail: format!("{path}: {why}"),
+                },
+                None => transient(DisplayErrorContext(&err).to_string()),
+            }
         }
         SdkError::ServiceError(se) => map_status(
             &store,

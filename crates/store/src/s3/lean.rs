@@ -8,8 +8,9 @@
 //! builds the same request by hand: the URL from the SDK's own endpoint rules (once per bucket),
 //! SigV4 from `aws-sigv4` (the SDK's signer crate), the connection's credentials from the SDK's
 //! provider (cached until shortly before they expire), sent with hyper's pooled client. Errors
-//! map through the same table as the SDK path. Used for plain `http://` endpoints; HTTPS and
-//! everything else stays on the SDK.
+//! map through the same table as the SDK path. Used for endpoints a connection names, `http://`
+//! or `https://` (TLS by rustls, trusting what the SDK's client trusts: `super::tls`); AWS's
+//! own endpoints (no endpoint named) and everything else stay on the SDK.
 
 mod raw;
 
@@ -30,6 +31,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -46,7 +48,7 @@ const ERROR_BODY_MAX: usize = 64 * 1024;
 
 pub(super) struct Lean {
     store: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     endpoint: String,
     region: String,
     path_style: bool,
@@ -61,6 +63,8 @@ pub(super) struct Lean {
     raw_off: AtomicBool,
     /// Aligned windows that downloaded chunks are read into.
     windows: Arc<crate::aligned::Windows>,
+    /// For an `https://` endpoint: the TLS of the connections ranged GETs are read from.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl std::fmt::Debug for Lean {
@@ -89,8 +93,9 @@ fn text(v: &HeaderValue) -> Option<&str> {
 }
 
 impl Lean {
-    /// The lean path for a connection, where it applies: a plain `http://` endpoint with
-    /// credentials.
+    /// The lean path for a connection, where it applies: an `http://` or `https://` endpoint
+    /// the connection names, with credentials.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         store: &str,
         endpoint: Option<&str>,
@@ -99,32 +104,75 @@ impl Lean {
         provider: Option<SharedCredentialsProvider>,
         connect_timeout: Duration,
         read_timeout: Duration,
-    ) -> Option<Self> {
-        let endpoint = endpoint?.trim_end_matches('/');
-        if !endpoint.get(..7)?.eq_ignore_ascii_case("http://") {
-            return None;
-        }
+        trust: &super::tls::Trust,
+    ) -> Result<Option<Self>> {
+        let (Some(endpoint), Some(provider)) = (endpoint, provider) else {
+            return Ok(None);
+        };
+        let endpoint = endpoint.trim_end_matches('/');
+        let scheme = |s: &str| {
+            endpoint
+                .get(..s.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(s))
+        };
+        let https = if scheme("https://") {
+            true
+        } else if scheme("http://") {
+            false
+        } else {
+            return Ok(None);
+        };
+        // Certificates are read only for an HTTPS endpoint; a plain one never uses them.
+        let tls = if https {
+            trust
+                .client_config()
+                .map_err(|detail| StoreError::Permanent {
+                    store: store.to_string(),
+                    op: "setting up TLS".into(),
+                    detail,
+                })?
+        } else {
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Permanent {
+                store: store.to_string(),
+                op: "setting up TLS".into(),
+                detail: e.to_string(),
+            })?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let tls = Arc::new(tls);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Some(Self {
+        Ok(Some(Self {
             store: store.to_string(),
             http,
             endpoint: endpoint.to_string(),
             region: region.to_string(),
             path_style,
             resolver: PerBucket::new(),
-            provider: provider?,
+            provider,
             credentials: Mutex::new(None),
             connect_timeout,
             read_timeout,
             conns: Arc::default(),
             raw_off: AtomicBool::new(false),
             windows: raw::windows(),
-        })
+            tls: https.then(|| tokio_rustls::TlsConnector::from(tls)),
+        }))
     }
 
     async fn identity(&self) -> std::result::Result<Identity, String> {
@@ -252,7 +300,10 @@ impl Lean {
         let answer = tokio::time::timeout(self.read_timeout, self.http.request(req))
             .await
             .map_err(|_| Failure::Transport("timed out waiting for the answer".into()))?
-            .map_err(|e| Failure::Transport(error_chain(&e)))?;
+            .map_err(|e| match super::tls::failure(&e) {
+                Some(why) => Failure::Refused(why),
+                None => Failure::Transport(error_chain(&e)),
+            })?;
         let (parts, mut incoming) = answer.into_parts();
         let status = parts.status.as_u16();
         let expected = parts

@@ -7,6 +7,7 @@ mod config;
 mod endpoint;
 mod errors;
 mod lean;
+mod tls;
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -160,10 +161,16 @@ impl S3Store {
         &self.client
     }
 
-    /// Whether whole small objects go through the lean path (plain `http://` endpoints) rather
-    /// than the SDK.
+    /// Whether whole small objects go through the lean path (endpoints the connection names,
+    /// `http://` or `https://`) rather than the SDK.
     pub fn uses_lean_path(&self) -> bool {
         self.lean.is_some()
+    }
+
+    /// Whether ranged GETs are read from the socket by hand (the lean path, while the server's
+    /// answers allow it) rather than by the SDK.
+    pub fn reads_ranges_by_hand(&self) -> bool {
+        self.lean.as_ref().is_some_and(|l| l.reads_ranges_by_hand())
     }
 
     /// A whole object's answer: the bytes must be as many as the answer said.
@@ -306,7 +313,7 @@ impl Store for S3Store {
         mut buf: BytesMut,
     ) -> Result<(Bytes, u32)> {
         buf.clear();
-        // Plain HTTP: the body read from the socket straight into the buffer.
+        // The lean path: the body read from the socket straight into the buffer.
         if let Some(lean) = &self.lean
             && len > 0
             && let Some(crc) = lean
@@ -361,7 +368,7 @@ impl Store for S3Store {
         if len == 0 {
             return Ok(Box::pin(futures::stream::empty()));
         }
-        // Plain HTTP: each chunk read from the socket into an aligned window of its own.
+        // The lean path: each chunk read from the socket into an aligned window of its own.
         if let Some(lean) = &self.lean
             && let Some(chunks) = lean.get_range_chunks(path, pin, offset, len).await?
         {

@@ -22,6 +22,8 @@ use bytes::{BufMut, BytesMut};
 use http::header::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use super::{ERROR_BODY_MAX, Failure, Lean, xml_field};
 use crate::aligned::Windows;
@@ -39,6 +41,9 @@ const IDLE_KEEP: usize = 64;
 /// Headers an answer may have.
 const HEADERS_MAX: usize = 96;
 
+/// A connection: plain, or TLS for an `https://` endpoint.
+type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// A store's idle connections, by `host:port`.
 #[derive(Default)]
 pub(in crate::s3) struct Conns {
@@ -47,12 +52,12 @@ pub(in crate::s3) struct Conns {
 
 struct Idle {
     authority: String,
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
 impl Conns {
-    fn take(&self, authority: &str) -> Option<TcpStream> {
+    fn take(&self, authority: &str) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         idle.retain(|c| now.duration_since(c.since) < IDLE_MAX);
@@ -60,7 +65,7 @@ impl Conns {
         Some(idle.swap_remove(i).stream)
     }
 
-    fn put(&self, authority: &str, stream: TcpStream) {
+    fn put(&self, authority: &str, stream: Stream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < IDLE_KEEP {
             idle.push(Idle {
@@ -75,7 +80,7 @@ impl Conns {
 /// The body of a ranged GET, still on its connection. Dropped before its end, it closes the
 /// connection; read to its end, the connection goes back to the pool.
 struct Body {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     /// Body bytes that came with the head.
     early: Vec<u8>,
     early_at: usize,
@@ -150,7 +155,7 @@ impl Body {
 
 /// One read from the socket into `dst`'s spare room, given up (as `TimedOut`) after `timeout`.
 async fn timed_read<B: BufMut>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     dst: &mut B,
     timeout: Duration,
 ) -> std::io::Result<usize> {
@@ -228,6 +233,11 @@ pub(in crate::s3) fn windows() -> Arc<Windows> {
 }
 
 impl Lean {
+    /// Whether ranged GETs are still read here (not sent back to the SDK).
+    pub(in crate::s3) fn reads_ranges_by_hand(&self) -> bool {
+        !self.raw_off.load(Ordering::Relaxed)
+    }
+
     /// Bytes `[offset, offset + len)` of the pinned object read into `buf` (empty; a reused
     /// part buffer, so into its spare room), and their CRC32C computed read by read while the bytes are in the
     /// CPU cache; `None` when the SDK must read this store's answers.
@@ -339,7 +349,7 @@ impl Lean {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        let port = port.unwrap_or(80);
+        let port = port.unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let header = |v: &str, what: &str| {
             HeaderValue::from_str(v)
@@ -421,7 +431,7 @@ impl Lean {
         })
     }
 
-    async fn connect(&self, host: &str, port: u16) -> std::result::Result<TcpStream, Failure> {
+    async fn connect(&self, host: &str, port: u16) -> std::result::Result<Stream, Failure> {
         // An IPv6 literal comes bracketed in a URL.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
@@ -432,20 +442,39 @@ impl Lean {
         stream
             .set_nodelay(true)
             .map_err(|e| Failure::Transport(format!("connecting to {host}:{port}: {e}")))?;
-        Ok(stream)
+        let Some(tls) = &self.tls else {
+            return Ok(Either::Left(stream));
+        };
+        let name = rustls_pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| Failure::Refused(format!("the host {host}: {e}")))?;
+        let stream = tokio::time::timeout(self.connect_timeout, tls.connect(name, stream))
+            .await
+            .map_err(|_| Failure::Transport(format!("timed out in TLS with {host}:{port}")))?
+            .map_err(|e| match super::super::tls::failure(&e) {
+                Some(why) => Failure::Refused(format!("{host}:{port}: {why}")),
+                None => Failure::Transport(format!("TLS with {host}:{port}: {e}")),
+            })?;
+        Ok(Either::Right(stream))
     }
 
     /// Write the request, read the answer's head.
-    async fn send(&self, stream: &mut TcpStream, request: &[u8]) -> Sent {
+    async fn send(&self, stream: &mut Stream, request: &[u8]) -> Sent {
+        // A TLS connection the server closed without a word reads as an unexpected end.
         let gone = |e: &std::io::Error| {
             matches!(
                 e.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
             )
         };
-        match tokio::time::timeout(self.read_timeout, stream.write_all(request)).await {
+        // TLS holds written bytes until flushed; a plain socket's flush does nothing.
+        let write = async {
+            stream.write_all(request).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.read_timeout, write).await {
             Err(_) => {
                 return Sent::Failed(Failure::Transport("timed out sending the request".into()));
             }
@@ -493,7 +522,7 @@ impl Lean {
 
     /// The start of an error answer's body (its XML has the code and message), read within the
     /// read timeout; the connection is closed after it.
-    async fn error_body(&self, stream: &mut TcpStream, head: &Head, buf: &mut Vec<u8>) -> String {
+    async fn error_body(&self, stream: &mut Stream, head: &Head, buf: &mut Vec<u8>) -> String {
         let want = head
             .content_length
             .map_or(ERROR_BODY_MAX, |n| n.min(ERROR_BODY_MAX as u64) as usize);
@@ -609,7 +638,9 @@ mod tests {
             Some(SharedCredentialsProvider::new(creds)),
             Duration::from_secs(5),
             Duration::from_secs(5),
+            &crate::s3::tls::Trust::load("fake", None).expect("no bundle"),
         )
+        .expect("a plain HTTP endpoint")
         .expect("a plain HTTP endpoint")
     }
 
