@@ -88,8 +88,7 @@ async fn an_interrupted_transfer_resumes_where_it_stopped() {
 /// One test, run in sequence, so the schema is created once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgresql_journal_behaves_like_sqlite() {
-    let url = std::env::var("BARGE_TEST_PG_URL")
-        .expect("BARGE_TEST_PG_URL is not set: run the tests with scripts/test.sh");
+    let url = pg_url();
     let j = Arc::new(
         SqlJournal::open(&url)
             .await

@@ -82,7 +82,14 @@ impl TlsFront {
                         return;
                     };
                     let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    // Large buffers: the front should cost the clients it serves little.
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut tls,
+                        &mut up,
+                        256 * 1024,
+                        256 * 1024,
+                    )
+                    .await;
                 });
             }
         });
