@@ -41,7 +41,9 @@ pub enum StoreError {
     #[error("{store}: {what} is not supported by this store")]
     Unsupported { store: String, what: String },
 
-    #[error("{store}: {op} failed: {detail} (will retry)")]
+    // No "will retry" here: the engine's retry log says so while it retries, and the error
+    // that ends a file (its retries used up) must not.
+    #[error("{store}: {op} failed: {detail}")]
     Transient {
         store: String,
         op: String,
