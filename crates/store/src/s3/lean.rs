@@ -110,40 +110,20 @@ impl Lean {
             return Ok(None);
         };
         let endpoint = endpoint.trim_end_matches('/');
-        let scheme = |s: &str| {
-            endpoint
-                .get(..s.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(s))
-        };
-        let https = if scheme("https://") {
-            true
-        } else if scheme("http://") {
-            false
-        } else {
+        let Some(https) = super::tls::is_https(endpoint) else {
             return Ok(None);
         };
         // Certificates are read only for an HTTPS endpoint; a plain one never uses them.
         let tls = if https {
-            trust
-                .client_config()
-                .map_err(|detail| StoreError::Permanent {
-                    store: store.to_string(),
-                    op: "setting up TLS".into(),
-                    detail,
-                })?
+            trust.client_config()
         } else {
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Permanent {
-                store: store.to_string(),
-                op: "setting up TLS".into(),
-                detail: e.to_string(),
-            })?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth()
-        };
+            super::tls::plain_config()
+        }
+        .map_err(|detail| StoreError::Permanent {
+            store: store.to_string(),
+            op: "setting up TLS".into(),
+            detail,
+        })?;
         let tls = Arc::new(tls);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));

@@ -104,14 +104,41 @@ impl Trust {
                     .map_err(|e| format!("the CA bundle: {e}"))?;
             }
         }
-        Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS versions: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        config(roots)
     }
+}
+
+/// Whether an endpoint URL speaks TLS: `Some(true)` for `https://`, `Some(false)` for
+/// `http://`, `None` for anything else.
+pub(super) fn is_https(endpoint: &str) -> Option<bool> {
+    let scheme = |s: &str| {
+        endpoint
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s))
+    };
+    if scheme("https://") {
+        Some(true)
+    } else if scheme("http://") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A rustls client configuration that trusts nothing: for a plain-HTTP endpoint, whose
+/// connections never use it (the system's certificates are then not even read).
+pub(super) fn plain_config() -> std::result::Result<rustls::ClientConfig, String> {
+    config(RootCertStore::empty())
+}
+
+fn config(roots: RootCertStore) -> std::result::Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS versions: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Certificates as PEM text.
