@@ -107,7 +107,12 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
                 .read_timeout(cfg.read_timeout)
                 .build(),
         );
-    if let Some(http) = trust.sdk_client() {
+    let sdk_http = trust.sdk_client().map_err(|detail| StoreError::Permanent {
+        store: cfg.name.clone(),
+        op: "setting up TLS".into(),
+        detail,
+    })?;
+    if let Some(http) = sdk_http {
         loader = loader.http_client(http);
     }
     if let Some(region) = &cfg.region {

@@ -79,18 +79,23 @@ impl Trust {
     }
 
     /// The SDK's HTTP client for this trust; `None` for the SDK's own default (no bundle).
-    pub(super) fn sdk_client(&self) -> Option<SharedHttpClient> {
-        let (pem, _) = self.bundle.as_ref()?;
+    pub(super) fn sdk_client(&self) -> std::result::Result<Option<SharedHttpClient>, String> {
+        let Some((pem, _)) = self.bundle.as_ref() else {
+            return Ok(None);
+        };
         let store = TrustStore::default()
             .with_native_roots(!SYSTEM.is_empty())
             .with_pem_certificate(pem.as_bytes());
-        let context = TlsContext::builder().with_trust_store(store).build().ok()?;
-        Some(
+        let context = TlsContext::builder()
+            .with_trust_store(store)
+            .build()
+            .map_err(|e| format!("the SDK's TLS settings: {e}"))?;
+        Ok(Some(
             aws_smithy_http_client::Builder::new()
                 .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
                 .tls_context(context)
                 .build_https(),
-        )
+        ))
     }
 
     /// A rustls client configuration for this trust (the lean path's HTTPS).
