@@ -26,9 +26,8 @@ static SYSTEM: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
 
 /// What a connection trusts.
 pub(super) struct Trust {
-    /// The CA bundle's certificates that can be trust anchors, as DER and again as PEM (what
-    /// the SDK's client takes).
-    bundle: Option<(String, Vec<CertificateDer<'static>>)>,
+    /// The CA bundle's certificates that can be trust anchors.
+    bundle: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl Trust {
@@ -74,18 +73,19 @@ impl Trust {
             }));
         }
         Ok(Self {
-            bundle: Some((pem_text(&usable), usable)),
+            bundle: Some(usable),
         })
     }
 
     /// The SDK's HTTP client for this trust; `None` for the SDK's own default (no bundle).
     pub(super) fn sdk_client(&self) -> std::result::Result<Option<SharedHttpClient>, String> {
-        let Some((pem, _)) = self.bundle.as_ref() else {
+        let Some(certs) = self.bundle.as_ref() else {
             return Ok(None);
         };
+        // The SDK's client takes PEM.
         let store = TrustStore::default()
             .with_native_roots(!SYSTEM.is_empty())
-            .with_pem_certificate(pem.as_bytes());
+            .with_pem_certificate(pem_text(certs).into_bytes());
         let context = TlsContext::builder()
             .with_trust_store(store)
             .build()
@@ -102,7 +102,7 @@ impl Trust {
     pub(super) fn client_config(&self) -> std::result::Result<rustls::ClientConfig, String> {
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(SYSTEM.iter().cloned());
-        if let Some((_, certs)) = &self.bundle {
+        if let Some(certs) = &self.bundle {
             for c in certs {
                 roots
                     .add(c.clone())
