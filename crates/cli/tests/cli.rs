@@ -274,6 +274,32 @@ async fn recursive_folder_upload_with_json_summary() {
             .is_err()
     );
     assert_no_uploads(store.as_ref(), "dst", &p).await;
+
+    // Back down: a local file keeps no checksum, so each is checked against the CRC32C the
+    // source keeps (the small one's arrives with its GET; the multipart one's composite matches
+    // as it is read in the parts it was uploaded in).
+    let back = e.dir.join("back");
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            "-r",
+            &format!("ga:dst/{p}"),
+            &back.to_string_lossy(),
+            "--json",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON summary on stdout");
+    assert_eq!(v["files_ok"], 2, "{out}");
+    for f in v["files"].as_array().expect("files") {
+        assert_eq!(f["verified"], "source-crc32c", "{out}");
+    }
+    let got = std::fs::read(back.join("deep/c.csv")).expect("downloaded c.csv");
+    assert_eq!(sha256(&got), sha256(&data(6 * MIB, (6 * MIB) as u64)));
 }
 
 /// One network thread (the default on small machines) and several (the default on larger

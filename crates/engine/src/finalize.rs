@@ -1,8 +1,10 @@
 //! Finalize: complete the upload from the journaled receipts, verify the object, and only then
 //! delete the exact source key.
 
-use barge_store::checksum::{composite_crc32c, crc32c_b64, crc32c_from_b64, same_checksum};
-use barge_store::{PartReceipt, Store};
+use barge_store::checksum::{
+    combine_crc32c, composite_crc32c, crc32c_b64, crc32c_from_b64, same_checksum,
+};
+use barge_store::{PartReceipt, Pin, Store};
 
 use crate::error::{EngineError, Result};
 use crate::plan::FilePlan;
@@ -13,17 +15,30 @@ pub struct Expected {
     pub size: u64,
     /// The CRC32C the store should report: `b64` (full object) or `b64-N` (composite).
     pub crc32c: Option<String>,
+    /// The CRC32C of the whole object's bytes as barge moved them (its parts' combined), to
+    /// compare with a full-object checksum.
+    pub full_crc32c: Option<u32>,
 }
 
 impl Expected {
+    /// From the receipts of every part, in part order.
     pub fn from_parts(size: u64, receipts: &[PartReceipt]) -> Self {
-        let crcs: Option<Vec<u32>> = receipts
+        let crcs: Option<Vec<(u32, u64)>> = receipts
             .iter()
-            .map(|r| r.crc32c.as_deref().and_then(crc32c_from_b64))
+            .map(|r| {
+                r.crc32c
+                    .as_deref()
+                    .and_then(crc32c_from_b64)
+                    .map(|c| (c, r.len))
+            })
             .collect();
+        let crcs = crcs.filter(|c| !c.is_empty());
         Self {
             size,
-            crc32c: crcs.filter(|c| !c.is_empty()).map(|c| composite_crc32c(&c)),
+            crc32c: crcs
+                .as_ref()
+                .map(|c| composite_crc32c(&c.iter().map(|(crc, _)| *crc).collect::<Vec<_>>())),
+            full_crc32c: crcs.as_deref().map(combine_crc32c),
         }
     }
 
@@ -31,13 +46,22 @@ impl Expected {
         Self {
             size,
             crc32c: crc.map(crc32c_b64),
+            full_crc32c: crc,
         }
     }
 }
 
-/// Check the destination object against what barge sent.
+/// A full-object CRC32C (not a composite `base64-N` of its parts') a store reports.
+pub(crate) fn full_crc(reported: &Option<String>) -> Option<&str> {
+    reported.as_deref().filter(|c| !c.contains('-'))
+}
+
+/// Check the destination object against what barge sent. Where the destination keeps no
+/// checksum to compare (a local file), and `src` is given, the bytes barge moved are compared
+/// with the checksum the source keeps instead.
 pub async fn verify(
     dst: &dyn Store,
+    src: Option<&dyn Store>,
     plan: &FilePlan,
     exp: &Expected,
     policy: &crate::retry::RetryPolicy,
@@ -51,23 +75,76 @@ pub async fn verify(
             msg: format!("size is {} bytes, expected {}", meta.size, exp.size),
         });
     }
-    match (&meta.crc32c, &exp.crc32c) {
-        (Some(reported), Some(expected)) => {
-            // A store reports a composite as b64-N, a full-object checksum as b64: compare only
-            // like with like.
-            let reported_composite = reported.contains('-');
-            let expected_composite = expected.contains('-');
-            if reported_composite != expected_composite {
-                return Ok(Verification::SizeOnly);
-            }
-            if same_checksum(reported, expected) {
+    if let Some(reported) = &meta.crc32c {
+        // A store reports a composite as b64-N, a full-object checksum as b64: compare only
+        // like with like.
+        let expected = match (&exp.crc32c, full_crc(&meta.crc32c)) {
+            (Some(e), None) if e.contains('-') => Some(e.clone()),
+            (Some(e), Some(_)) if !e.contains('-') => Some(e.clone()),
+            (_, Some(_)) => exp.full_crc32c.map(crc32c_b64),
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            return if same_checksum(reported, &expected) {
                 Ok(Verification::SizeAndCrc32c)
             } else {
                 Err(EngineError::Verify {
                     dest: plan.dst.to_string(),
                     msg: format!("store reports CRC32C {reported}, barge sent {expected}"),
                 })
+            };
+        }
+    }
+    match src {
+        Some(src) => against_source(src, plan, exp, policy, stats).await,
+        None => Ok(Verification::SizeOnly),
+    }
+}
+
+/// Compare the bytes barge moved with the CRC32C the source keeps for the object: a full-object
+/// checksum always, a composite one where barge's parts gave the same (it was uploaded in the
+/// same parts; other part boundaries give another composite, which says nothing).
+async fn against_source(
+    src: &dyn Store,
+    plan: &FilePlan,
+    exp: &Expected,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
+    if exp.full_crc32c.is_none() && exp.crc32c.is_none() {
+        return Ok(Verification::SizeOnly);
+    }
+    let what = format!("stat of {}", plan.src);
+    let meta = match crate::retry::retry(policy, stats, &what, || src.head(&plan.src.path)).await {
+        Ok(m) => m,
+        Err(e) => {
+            // The copy is complete and was read from the pinned source: a source that is gone
+            // or failing now only leaves this check undone.
+            tracing::warn!("{}: not compared with the source's CRC32C: {e}", plan.dst);
+            return Ok(Verification::SizeOnly);
+        }
+    };
+    // A source replaced since it was read keeps another object's checksum.
+    if Pin::of(&meta) != plan.pin || meta.size != exp.size {
+        return Ok(Verification::SizeOnly);
+    }
+    let ours_full = exp.full_crc32c.map(crc32c_b64);
+    match (full_crc(&meta.crc32c), &meta.crc32c, ours_full, &exp.crc32c) {
+        (Some(kept), _, Some(ours), _) => {
+            if same_checksum(kept, &ours) {
+                Ok(Verification::SourceCrc32c)
+            } else {
+                Err(EngineError::Verify {
+                    dest: plan.dst.to_string(),
+                    msg: format!(
+                        "the source keeps CRC32C {kept} for {}, the bytes barge read have {ours}",
+                        plan.src
+                    ),
+                })
             }
+        }
+        (None, Some(kept), _, Some(ours)) if ours.contains('-') && same_checksum(kept, ours) => {
+            Ok(Verification::SourceCrc32c)
         }
         _ => Ok(Verification::SizeOnly),
     }

@@ -39,7 +39,10 @@ pub enum Status {
 pub enum Verification {
     /// Size and the store's CRC32C of the whole object (composite or full) matched barge's own.
     SizeAndCrc32c,
-    /// Only the size could be checked: the store reported no checksum to compare.
+    /// The destination keeps no checksum (a local file): its size, and the CRC32C the source
+    /// keeps for the object matched the bytes barge read and wrote.
+    SourceCrc32c,
+    /// Only the size could be checked: neither store reported a checksum to compare.
     SizeOnly,
     /// Completed and verified by an earlier run of the same transfer.
     Earlier,

@@ -491,24 +491,30 @@ impl Engine {
         src: &Arc<dyn Store>,
         dst: &Arc<dyn Store>,
     ) -> Result<Verification> {
-        let (receipt, crc) = move_whole(&self.limits, src, dst, plan).await?;
+        let moved = move_whole(&self.limits, src, dst, plan).await?;
         self.observer.progress(plan.id, plan.size);
-        let exp = Expected::whole(plan.size, crc);
+        let exp = Expected::whole(plan.size, moved.crc);
         // The store computed the CRC32C of what it stored and answered with it: that is the
         // check, no stat needed.
-        if let (Some(sent), Some(acked)) = (&exp.crc32c, &receipt.crc32c)
+        if let (Some(sent), Some(acked)) = (&exp.crc32c, &moved.receipt.crc32c)
             && barge_store::checksum::same_checksum(acked, sent)
         {
             return Ok(Verification::SizeAndCrc32c);
         }
-        verify(
+        // Where the read already matched the source's checksum, no stat of the source either.
+        let verified = verify(
             dst.as_ref(),
+            (!moved.source_crc_matched).then_some(src.as_ref()),
             plan,
             &exp,
             &self.opts.retry,
             &self.limits.stats,
         )
-        .await
+        .await?;
+        Ok(match verified {
+            Verification::SizeOnly if moved.source_crc_matched => Verification::SourceCrc32c,
+            v => v,
+        })
     }
 
     async fn start_upload(
@@ -692,6 +698,7 @@ impl Engine {
         let exp = Expected::from_parts(plan.size, &receipts);
         verify(
             dst.as_ref(),
+            Some(src.as_ref()),
             plan,
             &exp,
             &self.opts.retry,

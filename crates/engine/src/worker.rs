@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use barge_store::checksum::crc32c;
+use barge_store::checksum::{crc32c, crc32c_b64, same_checksum};
 use barge_store::{PartReceipt, PartSpec, PutReceipt, Store, StoreError, UploadRef};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::finalize::full_crc;
 use crate::plan::{FilePlan, Strategy};
 use crate::retry::{RetryPolicy, RetryStats, retry};
 
@@ -155,14 +156,22 @@ pub async fn move_part(
     }
 }
 
-/// Move a whole small object in one request. Returns the receipt and, for data that passed
-/// through barge, its CRC32C.
+/// A whole object moved in one request.
+pub struct MovedWhole {
+    pub receipt: PutReceipt,
+    /// The CRC32C of the bytes, where they passed through barge.
+    pub crc: Option<u32>,
+    /// The source reported the CRC32C it keeps for the object with its bytes, and they matched.
+    pub source_crc_matched: bool,
+}
+
+/// Move a whole small object in one request.
 pub async fn move_whole(
     limits: &Limits,
     src: &Arc<dyn Store>,
     dst: &Arc<dyn Store>,
     plan: &FilePlan,
-) -> Result<(PutReceipt, Option<u32>), StoreError> {
+) -> Result<MovedWhole, StoreError> {
     let _req = limits.requests.acquire().await.map_err(|_| closed())?;
     if plan.strategy == Strategy::ServerCopy {
         let what = format!("server-side copy to {}", plan.dst);
@@ -170,18 +179,39 @@ pub async fn move_whole(
             dst.copy_object(&plan.src.path, &plan.pin, &plan.dst.path, &plan.attrs)
         })
         .await?;
-        return Ok((r, None));
+        return Ok(MovedWhole {
+            receipt: r,
+            crc: None,
+            source_crc_matched: false,
+        });
     }
     let _mem = limits
         .memory_kib
         .acquire_many(Limits::kib(plan.size))
         .await
         .map_err(|_| closed())?;
+    let mut source_crc_matched = false;
     let (data, attrs, crc) = if plan.attrs_pending && plan.size > 0 {
-        // One GET brings the bytes and the metadata.
+        // One GET brings the bytes, the metadata and the CRC32C the source keeps, if it keeps
+        // one for the whole object: bytes that differ from it are read again.
         let what = format!("read of {}", plan.src);
-        let (meta, data) = retry(&limits.retry, &limits.stats, &what, || {
-            src.get(&plan.src.path, &plan.pin)
+        let (meta, data, crc) = retry(&limits.retry, &limits.stats, &what, || async {
+            let (meta, data) = src.get(&plan.src.path, &plan.pin).await?;
+            let crc = crc32c(&data);
+            if let Some(kept) = full_crc(&meta.crc32c)
+                && !same_checksum(kept, &crc32c_b64(crc))
+            {
+                return Err(StoreError::Transient {
+                    store: src.name().to_string(),
+                    op: "GetObject".into(),
+                    detail: format!(
+                        "{}: the bytes read have CRC32C {}, the store keeps {kept} for them",
+                        plan.src.path,
+                        crc32c_b64(crc)
+                    ),
+                });
+            }
+            Ok((meta, data, crc))
         })
         .await?;
         if meta.size != plan.size {
@@ -190,8 +220,8 @@ pub async fn move_whole(
                 path: plan.src.path.to_string(),
             });
         }
+        source_crc_matched = full_crc(&meta.crc32c).is_some();
         limits.bytes_through.fetch_add(plan.size, Ordering::Relaxed);
-        let crc = crc32c(&data);
         (data, meta.attrs, crc)
     } else if plan.attrs_pending {
         // Empty: a stat is the only way to its metadata.
@@ -210,5 +240,9 @@ pub async fn move_whole(
         dst.put(&plan.dst.path, data.clone(), &attrs, Some(crc))
     })
     .await?;
-    Ok((r, Some(crc)))
+    Ok(MovedWhole {
+        receipt: r,
+        crc: Some(crc),
+        source_crc_matched,
+    })
 }

@@ -11,7 +11,7 @@ use barge_engine::input::TransferSpec;
 use barge_engine::journal::{FileState, Journal, MemoryJournal};
 use barge_engine::location::{ConnRef, Location};
 use barge_engine::plan::{PlanOptions, Strategy};
-use barge_engine::report::{Observer, Status};
+use barge_engine::report::{Observer, Status, Verification};
 use barge_engine::retry::RetryPolicy;
 use barge_engine::run::{Engine, RunOptions};
 use barge_store::memory::MemoryStore;
@@ -328,4 +328,50 @@ async fn no_source_is_deleted_when_its_completion_cannot_be_recorded() {
         );
     }
     assert_eq!(b.open_uploads(), 0);
+}
+
+/// A download to a local file, which keeps no checksum, is checked against the CRC32C the
+/// source keeps for the object: clean objects say `SourceCrc32c`; objects whose bytes no longer
+/// match the checksum they were stored with fail, naming both checksums.
+#[tokio::test]
+async fn downloads_are_checked_against_the_sources_crc32c() {
+    let (a, _b, conns) = setup();
+    let dir = std::env::temp_dir().join(format!("barge-source-crc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // 10,000 bytes move as ten 1 KiB parts, 500 bytes as one PUT.
+    let files = [
+        ("big", 10_000),
+        ("small", 500),
+        ("big-rotten", 10_000),
+        ("small-rotten", 500),
+    ];
+    let mut specs = Vec::new();
+    for (key, len) in files {
+        let path = ObjectPath::new("src", key);
+        a.insert(&path, body(len), ObjectAttrs::default());
+        if key.ends_with("rotten") {
+            let mut bad = body(len).to_vec();
+            bad[len / 2] ^= 1;
+            a.corrupt(&path, Bytes::from(bad));
+        }
+        specs.push(TransferSpec {
+            src: loc("a", "src", key),
+            dst: Location::local(&dir.join(key).to_string_lossy()),
+        });
+    }
+    let s = Engine::new(conns, opts()).run(specs).await.expect("run");
+    std::fs::remove_dir_all(&dir).ok();
+    let f = &s.files;
+    assert_eq!(f[0].strategy, Some(Strategy::StreamParts));
+    assert_eq!(f[1].strategy, Some(Strategy::SinglePut));
+    for o in &f[..2] {
+        assert_eq!(o.status, Status::Ok, "{o:?}");
+        assert_eq!(o.verified, Verification::SourceCrc32c, "{o:?}");
+    }
+    for o in &f[2..] {
+        assert_eq!(o.status, Status::Failed, "{o:?}");
+        let err = o.error.as_deref().unwrap_or_default();
+        assert!(err.contains("the source keeps CRC32C"), "{err}");
+        assert!(err.contains("the bytes barge read have"), "{err}");
+    }
 }

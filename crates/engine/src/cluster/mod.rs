@@ -618,6 +618,7 @@ impl Worker {
                 // destination itself says which.
                 return match verify(
                     dst.as_ref(),
+                    Some(src.as_ref()),
                     plan,
                     &exp,
                     &self.opts.retry,
@@ -656,6 +657,7 @@ impl Worker {
         }
         match verify(
             dst.as_ref(),
+            Some(src.as_ref()),
             plan,
             &exp,
             &self.opts.retry,

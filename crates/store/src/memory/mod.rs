@@ -95,6 +95,19 @@ impl MemoryStore {
             .insert(path.key.clone(), obj);
     }
 
+    /// Replace an object's bytes in place, keeping its ETag and the checksum it was stored with
+    /// (test set-up: data that rotted on the store).
+    pub fn corrupt(&self, path: &ObjectPath, data: Bytes) {
+        if let Some(o) = self
+            .lock()
+            .buckets
+            .get_mut(&path.bucket)
+            .and_then(|b| b.get_mut(&path.key))
+        {
+            o.data = data;
+        }
+    }
+
     pub fn get(&self, path: &ObjectPath) -> Option<Bytes> {
         let st = self.lock();
         st.buckets

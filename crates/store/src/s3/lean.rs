@@ -348,6 +348,11 @@ impl Lean {
             })?;
             headers.insert(http::header::IF_MATCH, v);
         }
+        // The checksum the object was stored with, to check the bytes read against.
+        headers.insert(
+            HeaderName::from_static("x-amz-checksum-mode"),
+            HeaderValue::from_static("ENABLED"),
+        );
         let (h, data) = self
             .exchange(
                 http::Method::GET,

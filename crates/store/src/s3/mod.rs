@@ -345,6 +345,7 @@ impl Store for S3Store {
             .key(&path.key)
             .set_if_match(pin.etag.clone())
             .set_version_id(pin.version_id.clone())
+            .checksum_mode(S3ChecksumMode::Enabled)
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
