@@ -375,3 +375,41 @@ async fn downloads_are_checked_against_the_sources_crc32c() {
         assert!(err.contains("the bytes barge read have"), "{err}");
     }
 }
+
+/// Small objects planned from a listing come with one GET, which brings the checksum the
+/// source keeps: bytes that do not match it are read again, and the file fails once the
+/// retries are spent, naming both checksums; the one that matches needs no stat to say so.
+#[tokio::test]
+async fn a_listed_small_object_is_checked_against_its_sources_crc32c_as_it_is_read() {
+    let (a, _b, conns) = setup();
+    let dir = std::env::temp_dir().join(format!("barge-listed-crc-{}", std::process::id()));
+    for (key, rotten) in [("in/good", false), ("in/rotten", true)] {
+        let path = ObjectPath::new("src", key);
+        a.insert(&path, body(500), ObjectAttrs::default());
+        if rotten {
+            let mut bad = body(500).to_vec();
+            bad[7] ^= 0x80;
+            a.corrupt(&path, Bytes::from(bad));
+        }
+    }
+    let src = loc("a", "src", "in/");
+    let dst = Location::local(&format!("{}/", dir.to_string_lossy()));
+    let listing = barge_engine::input::list_prefix(&src, &dst, a.as_ref(), &Default::default())
+        .await
+        .expect("list");
+    let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
+    let s = Engine::new(conns, opts())
+        .with_listing(listing)
+        .run(specs)
+        .await
+        .expect("run");
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(s.files[0].status, Status::Ok, "{:?}", s.files[0]);
+    assert_eq!(s.files[0].verified, Verification::SourceCrc32c);
+    assert_eq!(s.files[1].status, Status::Failed, "{:?}", s.files[1]);
+    let err = s.files[1].error.as_deref().unwrap_or_default();
+    assert!(err.contains("the bytes read have CRC32C"), "{err}");
+    assert!(err.contains("the store keeps"), "{err}");
+    // Read again before giving up: seven retries of eight attempts.
+    assert!(s.retries >= 7, "{s:?}");
+}
