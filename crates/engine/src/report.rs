@@ -42,7 +42,8 @@ pub enum Verification {
     /// The destination keeps no checksum (a local file): its size, and the CRC32C the source
     /// keeps for the object matched the bytes barge read and wrote.
     SourceCrc32c,
-    /// Only the size could be checked: neither store reported a checksum to compare.
+    /// Only the size could be checked: neither store keeps a checksum barge could compare with
+    /// its own (none at all, or a composite of other part boundaries than barge's).
     SizeOnly,
     /// Completed and verified by an earlier run of the same transfer.
     Earlier,
