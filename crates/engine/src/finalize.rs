@@ -49,6 +49,18 @@ impl Expected {
             full_crc32c: crc,
         }
     }
+
+    /// barge's own CRC32C in the form of `kept`, a checksum a store keeps for the object: the
+    /// whole object's for a full-object checksum, the composite of barge's parts for a
+    /// composite one (a store reports a composite as b64-N, a full-object checksum as b64: only
+    /// like is compared with like). `None` where barge has none of that form.
+    fn comparable(&self, kept: &str) -> Option<String> {
+        if kept.contains('-') {
+            self.crc32c.clone().filter(|c| c.contains('-'))
+        } else {
+            self.full_crc32c.map(crc32c_b64)
+        }
+    }
 }
 
 /// A full-object CRC32C (not a composite `base64-N` of its parts') a store reports.
@@ -75,25 +87,17 @@ pub async fn verify(
             msg: format!("size is {} bytes, expected {}", meta.size, exp.size),
         });
     }
-    if let Some(reported) = &meta.crc32c {
-        // A store reports a composite as b64-N, a full-object checksum as b64: compare only
-        // like with like.
-        let expected = match (&exp.crc32c, full_crc(&meta.crc32c)) {
-            (Some(e), None) if e.contains('-') => Some(e.clone()),
-            (Some(e), Some(_)) if !e.contains('-') => Some(e.clone()),
-            (_, Some(_)) => exp.full_crc32c.map(crc32c_b64),
-            _ => None,
+    if let Some(reported) = &meta.crc32c
+        && let Some(expected) = exp.comparable(reported)
+    {
+        return if same_checksum(reported, &expected) {
+            Ok(Verification::SizeAndCrc32c)
+        } else {
+            Err(EngineError::Verify {
+                dest: plan.dst.to_string(),
+                msg: format!("store reports CRC32C {reported}, barge sent {expected}"),
+            })
         };
-        if let Some(expected) = expected {
-            return if same_checksum(reported, &expected) {
-                Ok(Verification::SizeAndCrc32c)
-            } else {
-                Err(EngineError::Verify {
-                    dest: plan.dst.to_string(),
-                    msg: format!("store reports CRC32C {reported}, barge sent {expected}"),
-                })
-            };
-        }
     }
     match src {
         Some(src) => against_source(src, plan, exp, policy, stats).await,
@@ -128,25 +132,25 @@ async fn against_source(
     if Pin::of(&meta) != plan.pin || meta.size != exp.size {
         return Ok(Verification::SizeOnly);
     }
-    let ours_full = exp.full_crc32c.map(crc32c_b64);
-    match (full_crc(&meta.crc32c), &meta.crc32c, ours_full, &exp.crc32c) {
-        (Some(kept), _, Some(ours), _) => {
-            if same_checksum(kept, &ours) {
-                Ok(Verification::SourceCrc32c)
-            } else {
-                Err(EngineError::Verify {
-                    dest: plan.dst.to_string(),
-                    msg: format!(
-                        "the source keeps CRC32C {kept} for {}, the bytes barge read have {ours}",
-                        plan.src
-                    ),
-                })
-            }
-        }
-        (None, Some(kept), _, Some(ours)) if ours.contains('-') && same_checksum(kept, ours) => {
-            Ok(Verification::SourceCrc32c)
-        }
-        _ => Ok(Verification::SizeOnly),
+    let Some(kept) = meta.crc32c.as_deref() else {
+        return Ok(Verification::SizeOnly);
+    };
+    let Some(ours) = exp.comparable(kept) else {
+        return Ok(Verification::SizeOnly);
+    };
+    if same_checksum(kept, &ours) {
+        Ok(Verification::SourceCrc32c)
+    } else if full_crc(&meta.crc32c).is_some() {
+        Err(EngineError::Verify {
+            dest: plan.dst.to_string(),
+            msg: format!(
+                "the source keeps CRC32C {kept} for {}, the bytes barge read have {ours}",
+                plan.src
+            ),
+        })
+    } else {
+        // A composite of other part boundaries than barge's.
+        Ok(Verification::SizeOnly)
     }
 }
 

@@ -32,16 +32,19 @@ fn garage_config(which: &str) -> S3Config {
 /// A TLS front for server A, with a certificate authority of its own, and the connection
 /// settings for it: endpoint `https://127.0.0.1:PORT`, no CA bundle yet.
 async fn garage_over_tls() -> (TlsFront, S3Config) {
-    let plain = env("BARGE_TEST_A_ENDPOINT");
-    let upstream = plain
-        .trim_start_matches("http://")
-        .parse()
-        .expect("server A's address");
-    let front = TlsFront::start(upstream).await.expect("TLS front");
+    let front = TlsFront::start(server_a()).await.expect("TLS front");
     let mut cfg = garage_config("A");
     cfg.name = "garage-a-tls".into();
     cfg.endpoint = Some(format!("https://{}", front.addr));
     (front, cfg)
+}
+
+/// Server A's address (its endpoint is plain HTTP).
+fn server_a() -> std::net::SocketAddr {
+    env("BARGE_TEST_A_ENDPOINT")
+        .trim_start_matches("http://")
+        .parse()
+        .expect("server A's address")
 }
 
 fn ca_file(front: &TlsFront) -> std::path::PathBuf {
@@ -191,10 +194,7 @@ async fn wrong_credentials_are_access_denied_and_secret_free() {
 /// so that the client always finds nothing to read yet and waits for the socket to wake it.
 async fn slow_answers_to_a() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream: std::net::SocketAddr = env("BARGE_TEST_A_ENDPOINT")
-        .trim_start_matches("http://")
-        .parse()
-        .expect("server A's address");
+    let upstream = server_a();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
