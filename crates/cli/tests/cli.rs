@@ -41,6 +41,14 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
+/// A command that must succeed and print JSON: the JSON, and stdout for messages.
+fn json_ok(o: &Output) -> (serde_json::Value, String) {
+    let (out, err) = text(o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON on stdout ({e}): {out}"));
+    (v, out)
+}
+
 async fn ga() -> std::sync::Arc<dyn Store> {
     connections()
         .get(&ConnRef::Named("ga".into()))
@@ -248,9 +256,7 @@ async fn recursive_folder_upload_with_json_summary() {
             "5MiB",
         ],
     );
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON summary on stdout");
+    let (v, out) = json_ok(&o);
     assert_eq!(v["files_ok"], 2, "{out}");
     assert_eq!(v["files_failed"], 0);
     let store = ga().await;
@@ -291,9 +297,7 @@ async fn recursive_folder_upload_with_json_summary() {
             "5MiB",
         ],
     );
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON summary on stdout");
+    let (v, out) = json_ok(&o);
     assert_eq!(v["files_ok"], 2, "{out}");
     for f in v["files"].as_array().expect("files") {
         assert_eq!(f["verified"], "source-crc32c", "{out}");
@@ -447,9 +451,7 @@ async fn cleanup_command_aborts_stale_uploads() {
             "--json",
         ],
     );
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (v, out) = json_ok(&o);
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{out}");
     assert_no_uploads(store.as_ref(), "dst", &p).await;
 }
@@ -672,9 +674,7 @@ async fn verify_and_status_commands() {
             "--json",
         ],
     );
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (v, out) = json_ok(&o);
     assert_eq!(v["same"], true, "{out}");
     // A different object with the same size is caught.
     put(
@@ -693,9 +693,7 @@ async fn verify_and_status_commands() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("DIFFERENT"), "{out}");
     let o = barge(&e, &["status", "--json"]);
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let (v, out) = json_ok(&o);
     assert_eq!(v["transfer"]["state"], "done", "{out}");
     assert_eq!(v["files"][0]["parts_done"], 2, "{out}");
     let o = barge(&e, &["list"]);
@@ -815,9 +813,7 @@ async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
         ],
         None,
     );
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("json summary");
+    let (v, _) = json_ok(&o);
     assert_eq!(v["files_ok"], 4, "{v}");
     let o = run(
         &[

@@ -146,16 +146,23 @@ async fn local_to_s3_and_back() {
         .expect("upload");
     assert!(s.success(), "{s:#?}");
     assert_eq!(s.files[0].strategy, Some(Strategy::StreamParts));
+    // The uploaded object down to a local file, in parts of `part_mib`.
+    let download = |to: std::path::PathBuf, part_mib: u64| {
+        let down = vec![TransferSpec {
+            src: named("ga", "dst", &format!("{p}in.bin")),
+            dst: Location::local(&to.to_string_lossy()),
+        }];
+        async move {
+            let s = Engine::new(connections(), opts(part_mib))
+                .run(down)
+                .await
+                .expect("download");
+            assert!(s.success(), "{s:#?}");
+            s
+        }
+    };
     let back = dir.join("sub/out.bin");
-    let down = vec![TransferSpec {
-        src: named("ga", "dst", &format!("{p}in.bin")),
-        dst: Location::local(&back.to_string_lossy()),
-    }];
-    let s = Engine::new(connections(), opts(5))
-        .run(down)
-        .await
-        .expect("download");
-    assert!(s.success(), "{s:#?}");
+    let s = download(back.clone(), 5).await;
     // Read in the parts it was uploaded in: its composite CRC32C on the server is barge's.
     assert_eq!(s.files[0].verified, Verification::SourceCrc32c);
     let got = std::fs::read(&back).expect("downloaded file");
@@ -163,15 +170,7 @@ async fn local_to_s3_and_back() {
     // In other parts (6 MiB: three again, other boundaries) the composites differ and say
     // nothing: size only, not a failure.
     let again = dir.join("sub/again.bin");
-    let down = vec![TransferSpec {
-        src: named("ga", "dst", &format!("{p}in.bin")),
-        dst: Location::local(&again.to_string_lossy()),
-    }];
-    let s = Engine::new(connections(), opts(6))
-        .run(down)
-        .await
-        .expect("download");
-    assert!(s.success(), "{s:#?}");
+    let s = download(again.clone(), 6).await;
     assert_eq!(s.files[0].parts, Some(3));
     assert_eq!(s.files[0].verified, Verification::SizeOnly);
     assert_eq!(
