@@ -733,8 +733,8 @@ async fn a_closed_standard_output_ends_quietly_not_with_a_panic() {
 }
 
 /// An HTTPS endpoint whose certificate a private CA signed (a TLS front before server A): barge
-/// copies both ways through it when the connection names the CA (`ca_bundle`, or
-/// `AWS_CA_BUNDLE`), and without it refuses at once with the fix, retrying nothing and
+/// copies both ways through it when the connection names the CA (`ca_bundle`, here a path
+/// relative to the config file, or `AWS_CA_BUNDLE`), and without it refuses at once with the fix, retrying nothing and
 /// leaving nothing behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
@@ -760,7 +760,8 @@ async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
         format!(
             "{}{}{}",
             config_text(),
-            tls_conn("ta", Some(&ca)),
+            // Relative to the config file's folder, not to where barge runs.
+            tls_conn("ta", Some(Path::new("private-ca.pem"))),
             tls_conn("tn", None)
         ),
     )

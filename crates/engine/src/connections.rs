@@ -44,7 +44,9 @@ pub struct ConnectionConfig {
     pub connect_timeout: Option<String>,
     /// A PEM file of certificate authorities to trust for this endpoint's HTTPS, besides the
     /// system's (a store whose certificate a private CA signed). Defaults to `AWS_CA_BUNDLE`.
-    pub ca_bundle: Option<String>,
+    /// In a config file, a relative path is relative to the file's folder, and `~/` is the
+    /// user's home.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -103,6 +105,24 @@ impl ConfigFile {
         Ok(cfg)
     }
 
+    /// Paths in the file (`ca_bundle`) as the file means them: `~/` from the user's home, a
+    /// relative path from `dir`, the file's folder, not from wherever barge is started.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for c in self.connections.values_mut() {
+            if let Some(p) = c.ca_bundle.take() {
+                let home = p
+                    .strip_prefix("~")
+                    .ok()
+                    .and_then(|rest| Some(dirs::home_dir()?.join(rest)));
+                c.ca_bundle = Some(match home {
+                    Some(h) => h,
+                    None if p.is_relative() && !p.as_os_str().is_empty() => dir.join(p),
+                    None => p,
+                });
+            }
+        }
+    }
+
     /// Load from an explicit path, else `BARGE_CONFIG`, else the user's config folder. A missing
     /// file is an error only when it was named explicitly.
     pub fn load(explicit: Option<&Path>) -> Result<(Self, Option<PathBuf>)> {
@@ -120,7 +140,11 @@ impl ConfigFile {
             return Ok((Self::default(), None));
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok((Self::parse(&text, &path.display().to_string())?, Some(path))),
+            Ok(text) => {
+                let mut cfg = Self::parse(&text, &path.display().to_string())?;
+                cfg.resolve_paths(path.parent().unwrap_or(Path::new("")));
+                Ok((cfg, Some(path)))
+            }
             Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => {
                 Ok((Self::default(), None))
             }
@@ -170,9 +194,8 @@ pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
     cfg.ca_bundle = c
         .ca_bundle
         .clone()
-        .or_else(|| std::env::var("AWS_CA_BUNDLE").ok())
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from);
+        .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty());
     cfg.credentials = match (&c.access_key_id_env, &c.secret_access_key_env, &c.profile) {
         (Some(k), Some(s), _) => CredentialSource::Static {
             access_key_id: env_var(name, k)?,
@@ -319,6 +342,35 @@ mod tests {
         .expect("config");
         assert!(s3.path_style, "path style defaults on with an endpoint");
         assert_eq!(s3.checksum, ChecksumMode::Off);
+    }
+
+    #[test]
+    fn ca_bundle_paths_are_read_from_the_config_files_folder() {
+        let mut cfg = ConfigFile::parse(
+            r#"
+            [connections.rel]
+            ca_bundle = "certs/ca.pem"
+            [connections.abs]
+            ca_bundle = "/etc/ssl/ca.pem"
+            [connections.home]
+            ca_bundle = "~/ca.pem"
+            [connections.none]
+            region = "x"
+            "#,
+            "test",
+        )
+        .expect("valid config");
+        cfg.resolve_paths(Path::new("/srv/barge"));
+        let bundle = |n: &str| cfg.connections[n].ca_bundle.clone();
+        assert_eq!(
+            bundle("rel"),
+            Some(PathBuf::from("/srv/barge/certs/ca.pem"))
+        );
+        assert_eq!(bundle("abs"), Some(PathBuf::from("/etc/ssl/ca.pem")));
+        if let Some(home) = dirs::home_dir() {
+            assert_eq!(bundle("home"), Some(home.join("ca.pem")));
+        }
+        assert_eq!(bundle("none"), None);
     }
 
     #[test]
