@@ -333,6 +333,19 @@ def ceiling():
     return BIG / wall / MIB if ok else None
 
 
+def download_ceiling():
+    """The server's own ceiling for barge's download path: scenario 4's ranged GETs from server
+    a, the bytes dropped instead of written (no disk). The median of three reads."""
+    rates = []
+    for _ in range(3):
+        wait_for_quiet_servers()
+        ok, wall, cpu, rss, err, _ = run_timed([BARGE, "debug", "download-ceiling", "a:src/bench/big",
+                                             "--part-size", "16MiB", "--concurrency", str(CONC)])
+        if ok:
+            rates.append(BIG / wall / MIB)
+    return statistics.median(rates) if rates else None
+
+
 def prepare():
     print("bench: preparing data", file=sys.stderr)
     delete_prefix("a", "src", "bench/")  # nothing from an earlier run on the same servers
@@ -413,10 +426,11 @@ def main():
                 subprocess.run(["sync"], check=False)
                 wait_for_quiet_servers()
     ceil = ceiling()
-    report(scns, results, ceil)
+    down_ceil = download_ceiling() if "4d" in scns else None
+    report(scns, results, ceil, down_ceil)
 
 
-def report(scns, results, ceil):
+def report(scns, results, ceil, down_ceil=None):
     rows = []
     lines = [
         f"Sizes: scenario 1/4/5 {BIG / GIB:.2f} GiB, scenario 2 {HUGE / GIB:.2f} GiB, "
@@ -455,6 +469,11 @@ def report(scns, results, ceil):
     lines.append("")
     if ceil:
         lines.append(f"Server ceiling (barge's upload path, in-memory parts, no reads, to server B): {ceil:.0f} MiB/s.")
+    if down_ceil:
+        barge = [r for r in rows if r["scenario"] == "4d" and r["tool"] == "barge"]
+        reach = f"; barge's scenario 4 download reaches {barge[0]['mib_s'] / down_ceil:.0%} of it" if barge else ""
+        lines.append(f"Download ceiling (barge's download path, ranged GETs from server A, bytes dropped, no disk; "
+                     f"median of 3): {down_ceil:.0f} MiB/s{reach}.")
     lines.append("")
     lines += ratios(rows)
     out = ROOT / "bench" / "results"

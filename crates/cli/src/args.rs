@@ -86,6 +86,15 @@ pub enum DebugCommand {
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
+    /// Read an object with barge's download path (ranged GETs as a download reads them) and
+    /// drop the bytes, writing nothing: the server's ceiling for barge's downloads.
+    DownloadCeiling {
+        src: String,
+        #[arg(long, default_value = "16MiB")]
+        part_size: String,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 #[derive(Debug, Args)]

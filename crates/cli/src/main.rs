@@ -612,12 +612,19 @@ async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCo
 
 async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
     use futures::StreamExt;
-    let DebugCommand::UploadCeiling {
-        dst,
-        size,
-        part_size,
-        concurrency,
-    } = cmd;
+    let (dst, size, part_size, concurrency) = match cmd {
+        DebugCommand::UploadCeiling {
+            dst,
+            size,
+            part_size,
+            concurrency,
+        } => (dst, size, part_size, concurrency),
+        DebugCommand::DownloadCeiling {
+            src,
+            part_size,
+            concurrency,
+        } => return download_ceiling(conns, src, part_size, concurrency).await,
+    };
     let loc = parse_loc(&conns, &dst)?;
     let size = barge_engine::size::parse_size(&size)?;
     let ps = barge_engine::size::parse_size(&part_size)?.max(1);
@@ -671,6 +678,55 @@ async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<Exi
         "{} in {secs:.2}s: {}/s",
         human(size),
         human((size as f64 / secs) as u64)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `barge debug download-ceiling`: every part of SRC read as a download reads it (the store's
+/// chunk stream), the bytes counted and dropped.
+async fn download_ceiling(
+    conns: Arc<Connections>,
+    src: String,
+    part_size: String,
+    concurrency: usize,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    let loc = parse_loc(&conns, &src)?;
+    let ps = barge_engine::size::parse_size(&part_size)?.max(1);
+    let store = conns.get(&loc.conn).await?;
+    let t0 = std::time::Instant::now();
+    let meta = store.head(&loc.path).await?;
+    let pin = barge_store::Pin::of(&meta);
+    let parts = barge_engine::plan::split(meta.size, ps);
+    let read: Vec<_> = futures::stream::iter(parts)
+        .map(|p| {
+            let (store, path, pin) = (store.clone(), &loc.path, &pin);
+            async move {
+                let mut chunks = store.get_range_stream(path, pin, p.offset, p.len).await?;
+                let mut n = 0u64;
+                while let Some(c) = chunks.next().await {
+                    n += c?.len() as u64;
+                }
+                Ok::<u64, barge_store::StoreError>(n)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut total = 0;
+    for n in read {
+        total += n?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        total == meta.size,
+        "read {total} bytes of an object of {} bytes",
+        meta.size
+    );
+    out!(
+        "{} in {secs:.2}s: {}/s",
+        human(total),
+        human((total as f64 / secs) as u64)
     );
     Ok(ExitCode::SUCCESS)
 }

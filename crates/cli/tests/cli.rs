@@ -881,3 +881,63 @@ async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
     assert_no_uploads(b.as_ref(), "dst", &p).await;
     assert_no_uploads(a.as_ref(), "src", &p).await;
 }
+
+/// The two hidden commands `bench/` measures the servers' ceilings with: each moves every byte
+/// it reports, and the upload leaves neither an object nor an upload behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_benchmark_ceilings_move_every_byte_and_leave_nothing() {
+    let e = env("cli-ceiling");
+    let p = prefix("cli-ceiling");
+    let store = ga().await;
+    let up = barge(
+        &e,
+        &[
+            "debug",
+            "upload-ceiling",
+            &format!("ga:dst/{p}up"),
+            "--size",
+            "40MiB",
+            "--part-size",
+            "16MiB",
+            "--concurrency",
+            "3",
+        ],
+    );
+    let (out, err) = text(&up);
+    assert_eq!(up.status.code(), Some(0), "{err}");
+    assert!(out.starts_with("40.0 MiB in "), "{out}");
+    let left = store.list("dst", &p).await.expect("list");
+    assert!(left.is_empty(), "the ceiling's object is deleted: {left:?}");
+    assert_no_uploads(store.as_ref(), "dst", &p).await;
+
+    // 20 MiB and 5 bytes, read in 8 MiB ranges: the last range is 4 MiB and 5 bytes.
+    let size = (20 << 20) + 5;
+    put(
+        store.as_ref(),
+        "src",
+        &format!("{p}down"),
+        data(size, 7),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let down = barge(
+        &e,
+        &[
+            "debug",
+            "download-ceiling",
+            &format!("ga:src/{p}down"),
+            "--part-size",
+            "8MiB",
+        ],
+    );
+    let (out, err) = text(&down);
+    assert_eq!(down.status.code(), Some(0), "{err}");
+    assert!(out.starts_with("20.0 MiB in "), "{out}");
+    let missing = barge(
+        &e,
+        &["debug", "download-ceiling", &format!("ga:src/{p}none")],
+    );
+    let (_, err) = text(&missing);
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(err.contains(&format!("{p}none")), "{err}");
+}
