@@ -4,7 +4,7 @@
 use barge_store::checksum::{
     combine_crc32c, composite_crc32c, crc32c_b64, crc32c_from_b64, same_checksum,
 };
-use barge_store::{PartReceipt, Pin, Store};
+use barge_store::{ObjectMeta, PartReceipt, Pin, PutReceipt, Store};
 
 use crate::error::{EngineError, Result};
 use crate::plan::FilePlan;
@@ -81,6 +81,74 @@ pub async fn verify(
 ) -> Result<Verification> {
     let what = format!("stat of {}", plan.dst);
     let meta = crate::retry::retry(policy, stats, &what, || dst.head(&plan.dst.path)).await?;
+    check(&meta, src, plan, exp, policy, stats).await
+}
+
+/// `verify` for the object barge has just written, `written` being the store's answer to the
+/// PUT, copy or completion. An object that fails is not left at the destination as if copied:
+/// barge deletes what it wrote (that version, where the store keeps versions), unless the
+/// destination already holds another object (its ETag not the one barge's write got: someone
+/// wrote after barge), which it leaves alone. The error says which.
+pub async fn verify_written(
+    dst: &dyn Store,
+    src: Option<&dyn Store>,
+    plan: &FilePlan,
+    exp: &Expected,
+    written: &PutReceipt,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
+    let what = format!("stat of {}", plan.dst);
+    let meta = crate::retry::retry(policy, stats, &what, || dst.head(&plan.dst.path)).await?;
+    match check(&meta, src, plan, exp, policy, stats).await {
+        Err(EngineError::Verify { dest, msg }) => {
+            let fate = remove_written(dst, plan, &meta, written, policy, stats).await;
+            Err(EngineError::Verify {
+                dest,
+                msg: format!("{msg}; {fate}"),
+            })
+        }
+        r => r,
+    }
+}
+
+/// Delete the object barge wrote to `plan.dst` (now `meta`) after it failed verification;
+/// what became of it, for the error.
+async fn remove_written(
+    dst: &dyn Store,
+    plan: &FilePlan,
+    meta: &ObjectMeta,
+    written: &PutReceipt,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> String {
+    let unquoted = |e: &Option<String>| e.as_deref().map(|e| e.trim_matches('"').to_string());
+    let version = written.version_id.as_deref().filter(|v| !v.is_empty());
+    let ours = version.is_some()
+        || match (unquoted(&written.etag), unquoted(&meta.etag)) {
+            (Some(w), Some(now)) => w == now,
+            _ => true,
+        };
+    if !ours {
+        return "the destination now holds another object than the one barge wrote; left as it is"
+            .into();
+    }
+    let what = format!("delete of {} (failed verification)", plan.dst);
+    match crate::retry::retry(policy, stats, &what, || dst.delete(&plan.dst.path, version)).await {
+        Ok(()) => "the object barge wrote was deleted".into(),
+        Err(e) => format!("the object barge wrote could not be deleted ({e}): do not use it"),
+    }
+}
+
+/// The checks of `verify` on the destination's `meta`.
+async fn check(
+    meta: &ObjectMeta,
+    src: Option<&dyn Store>,
+    plan: &FilePlan,
+    exp: &Expected,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
     if meta.size != exp.size {
         return Err(EngineError::Verify {
             dest: plan.dst.to_string(),

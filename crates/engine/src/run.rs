@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
-use crate::finalize::{Expected, verify};
+use crate::finalize::{Expected, verify_written};
 use crate::input::{TransferSpec, check_unique};
 use crate::journal::batch::Completions;
 use crate::journal::{
@@ -502,11 +502,12 @@ impl Engine {
             return Ok(Verification::SizeAndCrc32c);
         }
         // Where the read already matched the source's checksum, no stat of the source either.
-        let verified = verify(
+        let verified = verify_written(
             dst.as_ref(),
             (!moved.source_crc_matched).then_some(src.as_ref()),
             plan,
             &exp,
+            &moved.receipt,
             &self.opts.retry,
             &self.limits.stats,
         )
@@ -691,16 +692,17 @@ impl Engine {
             });
         }
         let what = format!("completion of {}", plan.dst);
-        retry(&self.opts.retry, &self.limits.stats, &what, || {
+        let written = retry(&self.opts.retry, &self.limits.stats, &what, || {
             dst.complete_upload(upload, &receipts)
         })
         .await?;
         let exp = Expected::from_parts(plan.size, &receipts);
-        verify(
+        verify_written(
             dst.as_ref(),
             Some(src.as_ref()),
             plan,
             &exp,
+            &written,
             &self.opts.retry,
             &self.limits.stats,
         )

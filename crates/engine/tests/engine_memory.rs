@@ -332,7 +332,8 @@ async fn no_source_is_deleted_when_its_completion_cannot_be_recorded() {
 
 /// A download to a local file, which keeps no checksum, is checked against the CRC32C the
 /// source keeps for the object: clean objects say `SourceCrc32c`; objects whose bytes no longer
-/// match the checksum they were stored with fail, naming both checksums.
+/// match the checksum they were stored with fail, naming both checksums, and their files are
+/// deleted.
 #[tokio::test]
 async fn downloads_are_checked_against_the_sources_crc32c() {
     let (a, _b, conns) = setup();
@@ -360,6 +361,9 @@ async fn downloads_are_checked_against_the_sources_crc32c() {
         });
     }
     let s = Engine::new(conns, opts()).run(specs).await.expect("run");
+    let on_disk = |key: &str| std::fs::read(dir.join(key)).ok();
+    let (big, small) = (on_disk("big"), on_disk("small"));
+    let (big_rotten, small_rotten) = (on_disk("big-rotten"), on_disk("small-rotten"));
     std::fs::remove_dir_all(&dir).ok();
     let f = &s.files;
     assert_eq!(f[0].strategy, Some(Strategy::StreamParts));
@@ -368,12 +372,18 @@ async fn downloads_are_checked_against_the_sources_crc32c() {
         assert_eq!(o.status, Status::Ok, "{o:?}");
         assert_eq!(o.verified, Verification::SourceCrc32c, "{o:?}");
     }
+    assert_eq!(big.as_deref(), Some(&body(10_000)[..]));
+    assert_eq!(small.as_deref(), Some(&body(500)[..]));
     for o in &f[2..] {
         assert_eq!(o.status, Status::Failed, "{o:?}");
         let err = o.error.as_deref().unwrap_or_default();
         assert!(err.contains("the source keeps CRC32C"), "{err}");
         assert!(err.contains("the bytes barge read have"), "{err}");
+        assert!(err.contains("the object barge wrote was deleted"), "{err}");
     }
+    // A file that failed is not left looking copied.
+    assert_eq!(big_rotten, None);
+    assert_eq!(small_rotten, None);
 }
 
 /// Small objects planned from a listing come with one GET, which brings the checksum the

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
-use crate::finalize::{Expected, verify};
+use crate::finalize::{Expected, verify, verify_written};
 use crate::input::{TransferSpec, check_unique};
 use crate::journal::queue::{Task, TaskKind};
 use crate::journal::{FileRecord, FileState, Journal, SqlJournal, TransferRecord, TransferState};
@@ -648,18 +648,20 @@ impl Worker {
             return self.db(|| self.journal.redo_parts(task, &redo)).await;
         }
         let what = format!("completion of {}", plan.dst);
-        if let Err(e) = retry(&self.opts.retry, &self.limits.stats, &what, || {
+        let written = match retry(&self.opts.retry, &self.limits.stats, &what, || {
             dst.complete_upload(&upload, &receipts)
         })
         .await
         {
-            return self.fail(task, &rec, Some(&upload), &e.to_string()).await;
-        }
-        match verify(
+            Ok(w) => w,
+            Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
+        };
+        match verify_written(
             dst.as_ref(),
             Some(src.as_ref()),
             plan,
             &exp,
+            &written,
             &self.opts.retry,
             &self.limits.stats,
         )
