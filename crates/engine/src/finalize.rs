@@ -79,9 +79,7 @@ pub async fn verify(
     policy: &crate::retry::RetryPolicy,
     stats: &crate::retry::RetryStats,
 ) -> Result<Verification> {
-    let what = format!("stat of {}", plan.dst);
-    let meta = crate::retry::retry(policy, stats, &what, || dst.head(&plan.dst.path)).await?;
-    check(&meta, src, plan, exp, policy, stats).await
+    verify_and_clean(dst, src, plan, exp, None, policy, stats).await
 }
 
 /// `verify` for the object barge has just written, `written` being the store's answer to the
@@ -98,17 +96,30 @@ pub async fn verify_written(
     policy: &crate::retry::RetryPolicy,
     stats: &crate::retry::RetryStats,
 ) -> Result<Verification> {
+    verify_and_clean(dst, src, plan, exp, Some(written), policy, stats).await
+}
+
+/// `verify`, and where barge's own write is `written`, the clean-up of `verify_written`.
+async fn verify_and_clean(
+    dst: &dyn Store,
+    src: Option<&dyn Store>,
+    plan: &FilePlan,
+    exp: &Expected,
+    written: Option<&PutReceipt>,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
     let what = format!("stat of {}", plan.dst);
     let meta = crate::retry::retry(policy, stats, &what, || dst.head(&plan.dst.path)).await?;
-    match check(&meta, src, plan, exp, policy, stats).await {
-        Err(EngineError::Verify { dest, msg }) => {
+    match (check(&meta, src, plan, exp, policy, stats).await, written) {
+        (Err(EngineError::Verify { dest, msg }), Some(written)) => {
             let fate = remove_written(dst, plan, &meta, written, policy, stats).await;
             Err(EngineError::Verify {
                 dest,
                 msg: format!("{msg}; {fate}"),
             })
         }
-        r => r,
+        (r, _) => r,
     }
 }
 
