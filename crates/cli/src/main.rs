@@ -611,20 +611,41 @@ async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCo
 }
 
 async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
-    use futures::StreamExt;
-    let (dst, size, part_size, concurrency) = match cmd {
+    match cmd {
         DebugCommand::UploadCeiling {
             dst,
             size,
             part_size,
             concurrency,
-        } => (dst, size, part_size, concurrency),
+        } => upload_ceiling(conns, dst, size, part_size, concurrency).await,
         DebugCommand::DownloadCeiling {
             src,
             part_size,
             concurrency,
-        } => return download_ceiling(conns, src, part_size, concurrency).await,
-    };
+        } => download_ceiling(conns, src, part_size, concurrency).await,
+    }
+}
+
+/// What a ceiling command prints: the bytes, the time, the rate.
+fn print_rate(bytes: u64, secs: f64) -> ExitCode {
+    out!(
+        "{} in {secs:.2}s: {}/s",
+        human(bytes),
+        human((bytes as f64 / secs) as u64)
+    );
+    ExitCode::SUCCESS
+}
+
+/// `barge debug upload-ceiling`: in-memory parts (no reads) uploaded as fast as the store
+/// takes them, then the object deleted.
+async fn upload_ceiling(
+    conns: Arc<Connections>,
+    dst: String,
+    size: String,
+    part_size: String,
+    concurrency: usize,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
     let loc = parse_loc(&conns, &dst)?;
     let size = barge_engine::size::parse_size(&size)?;
     let ps = barge_engine::size::parse_size(&part_size)?.max(1);
@@ -674,12 +695,7 @@ async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<Exi
     store.complete_upload(&up, &receipts).await?;
     let secs = t0.elapsed().as_secs_f64();
     store.delete(&loc.path, None).await?;
-    out!(
-        "{} in {secs:.2}s: {}/s",
-        human(size),
-        human((size as f64 / secs) as u64)
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(print_rate(size, secs))
 }
 
 /// `barge debug download-ceiling`: every part of SRC read as a download reads it (the store's
@@ -723,10 +739,5 @@ async fn download_ceiling(
         "read {total} bytes of an object of {} bytes",
         meta.size
     );
-    out!(
-        "{} in {secs:.2}s: {}/s",
-        human(total),
-        human((total as f64 / secs) as u64)
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(print_rate(total, secs))
 }
