@@ -882,6 +882,173 @@ async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
     assert_no_uploads(a.as_ref(), "src", &p).await;
 }
 
+/// A proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, as curl and the AWS CLI read
+/// them) carries every request. The endpoints here name a port nothing listens on and only the
+/// proxies know the way to server A, so every path must go through them: whole small objects,
+/// ranged GETs and multipart uploads over plain HTTP (absolute-form requests), and over HTTPS
+/// with a private CA (CONNECT tunnels to a TLS front). `NO_PROXY` sends barge straight there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_from_the_environment_carries_every_request() {
+    let e = env("cli-proxy");
+    let p = prefix("cli-proxy");
+    let plain = barge_faultproxy::ForwardProxy::start(upstream("A"))
+        .await
+        .expect("proxy");
+    let front = barge_faultproxy::TlsFront::start(upstream("A"))
+        .await
+        .expect("TLS front");
+    let tunnel = barge_faultproxy::ForwardProxy::start(front.addr)
+        .await
+        .expect("proxy");
+    std::fs::write(e.dir.join("ca.pem"), &front.ca_pem).expect("CA file");
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let conn = |name: &str, scheme: &str| {
+        format!(
+            "[connections.{name}]\nendpoint = \"{scheme}://localhost:{nowhere}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_A_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_A_SECRET\"\nca_bundle = \"ca.pem\"\n\n"
+        )
+    };
+    std::fs::write(&e.config, conn("pa", "http") + &conn("pt", "https")).expect("config");
+    let input = e.dir.join("in");
+    std::fs::create_dir_all(&input).expect("input folder");
+    let big = data(12 * MIB + 3, 51);
+    std::fs::write(input.join("big"), &big).expect("input");
+    for i in 0..3 {
+        std::fs::write(
+            input.join(format!("small{i}")),
+            data(70_000 + i, 60 + i as u64),
+        )
+        .expect("input");
+    }
+    let run = |args: &[&str], no_proxy: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_barge"));
+        c.arg("--config")
+            .arg(&e.config)
+            .arg("--journal")
+            .arg("none");
+        for v in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            c.env_remove(v).env_remove(v.to_lowercase());
+        }
+        c.args(args)
+            .env_remove("BARGE_CONFIG")
+            .env_remove("AWS_CA_BUNDLE")
+            .env("HTTP_PROXY", format!("http://{}", plain.addr))
+            .env("HTTPS_PROXY", format!("http://{}", tunnel.addr));
+        if let Some(n) = no_proxy {
+            c.env("NO_PROXY", n);
+        }
+        c.output().expect("run barge")
+    };
+    let ok = |o: &Output| assert_eq!(o.status.code(), Some(0), "{}", text(o).1);
+    let dir = |d: &Path| format!("{}/", d.display());
+    let parts = ["--part-size", "5MiB"];
+    // Plain HTTP: up (a multipart upload and single PUTs), then down (ranged GETs, whole GETs).
+    ok(&run(
+        &[
+            "cp",
+            "-r",
+            &dir(&input),
+            &format!("pa:src/{p}plain/"),
+            parts[0],
+            parts[1],
+        ],
+        None,
+    ));
+    let down = e.dir.join("down-plain");
+    ok(&run(
+        &[
+            "cp",
+            "-r",
+            &format!("pa:src/{p}plain/"),
+            &dir(&down),
+            parts[0],
+            parts[1],
+        ],
+        None,
+    ));
+    // HTTPS through CONNECT tunnels, both ways.
+    ok(&run(
+        &[
+            "cp",
+            &input.join("big").display().to_string(),
+            &format!("pt:src/{p}tls/big"),
+            parts[0],
+            parts[1],
+        ],
+        None,
+    ));
+    let down_tls = e.dir.join("down-tls");
+    ok(&run(
+        &[
+            "cp",
+            "-r",
+            &format!("pt:src/{p}plain/"),
+            &dir(&down_tls),
+            parts[0],
+            parts[1],
+        ],
+        None,
+    ));
+    let a = ga().await;
+    for (name, len, seed) in [
+        ("big", 12 * MIB + 3, 51),
+        ("small0", 70_000, 60),
+        ("small1", 70_001, 61),
+        ("small2", 70_002, 62),
+    ] {
+        let want = sha256(&data(len, seed));
+        assert_eq!(
+            sha256(&read(a.as_ref(), "src", &format!("{p}plain/{name}")).await),
+            want,
+            "{name}"
+        );
+        for d in [&down, &down_tls] {
+            assert_eq!(
+                sha256(&std::fs::read(d.join(name)).expect("downloaded")),
+                want,
+                "{name} in {}",
+                d.display()
+            );
+        }
+    }
+    assert_eq!(
+        sha256(&read(a.as_ref(), "src", &format!("{p}tls/big")).await),
+        sha256(&big)
+    );
+    assert_no_uploads(a.as_ref(), "src", &p).await;
+    let [forwarded, _, refused] = plain.counts.snapshot();
+    let [_, tunnels, _] = tunnel.counts.snapshot();
+    assert!(
+        forwarded > 0 && tunnels > 0 && refused == 0,
+        "{forwarded} {tunnels} {refused}"
+    );
+    // NO_PROXY naming the endpoint's host: straight to the port nothing listens on.
+    let o = run(
+        &[
+            "cp",
+            &format!("pa:src/{p}plain/small0"),
+            &dir(&e.dir.join("direct")),
+            "--retries",
+            "1",
+        ],
+        Some("localhost"),
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pa: ") && err.contains("Connection refused"),
+        "{err}"
+    );
+    assert!(!err.contains("DispatchFailure"), "a debug dump: {err}");
+    assert_eq!(
+        plain.counts.snapshot()[0],
+        forwarded,
+        "NO_PROXY was not followed"
+    );
+}
+
 /// The two hidden commands `bench/` measures the servers' ceilings with: each moves every byte
 /// it reports, and the upload leaves neither an object nor an upload behind.
 #[tokio::test(flavor = "multi_thread")]

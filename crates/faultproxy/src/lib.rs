@@ -3,7 +3,8 @@
 //! others after a random number of bytes. Every connection, healthy ones included, has a byte
 //! budget, so faults keep coming for as long as the transfer runs.
 //!
-//! [`TlsFront`] puts TLS in front of a plain-HTTP server, with a certificate authority of its own.
+//! [`TlsFront`] puts TLS in front of a plain-HTTP server, with a certificate authority of its own;
+//! [`ForwardProxy`] is a forward HTTP proxy (absolute-form requests and `CONNECT` tunnels).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+mod forward;
 mod tls;
+pub use forward::{ForwardProxy, ProxyCounts};
 pub use tls::TlsFront;
 
 /// How often each fault happens.

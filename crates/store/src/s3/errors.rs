@@ -28,7 +28,7 @@ where
                     op: op.to_string(),
                     detail: format!("{path}: {why}"),
                 },
-                None => transient(DisplayErrorContext(&err).to_string()),
+                None => transient(error_chain(&err)),
             }
         }
         SdkError::ServiceError(se) => map_status(
@@ -53,6 +53,19 @@ where
             }
         }
     }
+}
+
+/// An error and its causes on one line ("dispatch failure: io error: ...: Connection refused"):
+/// what `DisplayErrorContext` prints, without the debug dump of the whole error it appends.
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// What an error answer (status, S3 error code and message) means to barge; shared by the SDK

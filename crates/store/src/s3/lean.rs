@@ -38,7 +38,7 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::utf8_percent_encode;
 
 use super::endpoint::PerBucket;
-use super::errors::map_status;
+use super::errors::{error_chain, map_status};
 use crate::{ObjectAttrs, ObjectMeta, ObjectPath, Pin, PutReceipt, Result, StoreError};
 
 /// Credentials this close to their expiry are fetched again before use.
@@ -113,6 +113,12 @@ impl Lean {
         let Some(https) = super::tls::is_https(endpoint) else {
             return Ok(None);
         };
+        // A proxy from the environment carries every request to this endpoint: the SDK's
+        // client goes through it, while the lean path would connect straight to the endpoint.
+        if let Some(proxy) = super::proxy::proxy_for(endpoint) {
+            tracing::debug!(store, proxy, "requests go through a proxy: lean path off");
+            return Ok(None);
+        }
         // Certificates are read only for an HTTPS endpoint; a plain one never uses them.
         let tls = if https {
             trust.client_config()
@@ -459,18 +465,6 @@ impl Lean {
             crc32c: header("x-amz-checksum-crc32c"),
         })
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// The text of the first `<name>` element of an S3 error document.

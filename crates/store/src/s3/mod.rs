@@ -7,6 +7,7 @@ mod config;
 mod endpoint;
 mod errors;
 mod lean;
+mod proxy;
 mod tls;
 
 use std::collections::HashMap;

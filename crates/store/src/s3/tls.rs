@@ -90,11 +90,21 @@ impl Trust {
             .with_trust_store(store)
             .build()
             .map_err(|e| format!("the SDK's TLS settings: {e}"))?;
+        // As the SDK's default client is made, with the proxy from the environment too.
         Ok(Some(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
-                .tls_context(context)
-                .build_https(),
+            aws_smithy_http_client::Builder::new().build_with_connector_fn(
+                move |settings, components| {
+                    let mut connector = aws_smithy_http_client::ConnectorBuilder::default()
+                        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                        .tls_context(context.clone())
+                        .proxy_config(super::proxy::sdk_config());
+                    connector.set_connector_settings(settings.cloned());
+                    if let Some(components) = components {
+                        connector.set_sleep_impl(components.sleep_impl());
+                    }
+                    connector.build()
+                },
+            ),
         ))
     }
 
