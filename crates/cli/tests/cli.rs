@@ -889,6 +889,7 @@ async fn https_with_a_private_ca_copies_when_trusted_and_says_how_when_not() {
 /// with a private CA (CONNECT tunnels to a TLS front). `NO_PROXY` sends barge straight there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_from_the_environment_carries_every_request() {
+    const SECRET: &str = "pr0xy-pa55word";
     let e = env("cli-proxy");
     let p = prefix("cli-proxy");
     let plain = barge_faultproxy::ForwardProxy::start(upstream("A"))
@@ -934,18 +935,26 @@ async fn a_proxy_from_the_environment_carries_every_request() {
         c.args(args)
             .env_remove("BARGE_CONFIG")
             .env_remove("AWS_CA_BUNDLE")
-            .env("HTTP_PROXY", format!("http://{}", plain.addr))
-            .env("HTTPS_PROXY", format!("http://{}", tunnel.addr));
+            // The proxies' credentials (ignored by these proxies) must never be shown.
+            .env("HTTP_PROXY", format!("http://me:{SECRET}@{}", plain.addr))
+            .env("HTTPS_PROXY", format!("http://me:{SECRET}@{}", tunnel.addr))
+            .env("BARGE_LOG", "debug");
         if let Some(n) = no_proxy {
             c.env("NO_PROXY", n);
         }
-        c.output().expect("run barge")
+        let o = c.output().expect("run barge");
+        let (out, err) = text(&o);
+        assert!(
+            !out.contains(SECRET) && !err.contains(SECRET),
+            "the proxy's password was shown"
+        );
+        o
     };
     let ok = |o: &Output| assert_eq!(o.status.code(), Some(0), "{}", text(o).1);
     let dir = |d: &Path| format!("{}/", d.display());
     let parts = ["--part-size", "5MiB"];
     // Plain HTTP: up (a multipart upload and single PUTs), then down (ranged GETs, whole GETs).
-    ok(&run(
+    let up = run(
         &[
             "cp",
             "-r",
@@ -955,7 +964,14 @@ async fn a_proxy_from_the_environment_carries_every_request() {
             parts[1],
         ],
         None,
-    ));
+    );
+    ok(&up);
+    // The debug log names the proxy (so the check for its password above saw the logs).
+    let (_, log) = text(&up);
+    assert!(
+        log.contains("lean path off") && log.contains(&plain.addr.to_string()),
+        "{log}"
+    );
     let down = e.dir.join("down-plain");
     ok(&run(
         &[
