@@ -283,6 +283,48 @@ async fn every_finished_file_is_recorded_by_the_time_the_run_returns() {
     assert!(files.iter().all(|f| f.state == FileState::Completed));
 }
 
+/// Plans are recorded a chunk at a time as files start: no file moves before its plan is
+/// recorded, and a journal that fails while recording them stops the run with its error,
+/// starting nothing more.
+#[tokio::test]
+async fn no_file_moves_before_its_plan_is_recorded() {
+    let (a, b, conns) = setup();
+    let specs = small_files(&a, 700);
+    let journal = Arc::new(MemoryJournal::default());
+    journal.refuse_plans_beyond(300);
+    let err = Engine::new(conns, opts())
+        .with_journal(journal.clone())
+        .run(specs)
+        .await
+        .expect_err("the journal failed")
+        .to_string();
+    assert!(err.contains("refused the write"), "{err}");
+    let tid = journal.list_transfers(1).await.expect("transfers")[0]
+        .id
+        .clone();
+    let recorded: std::collections::HashSet<String> = journal
+        .files(&tid)
+        .await
+        .expect("files")
+        .into_iter()
+        .map(|f| f.plan.dst.path.key)
+        .collect();
+    assert!(
+        !recorded.is_empty() && recorded.len() <= 300,
+        "{}",
+        recorded.len()
+    );
+    let copied: Vec<String> = (0..700)
+        .map(|i| format!("s{i}"))
+        .filter(|k| b.get(&ObjectPath::new("dst", k)).is_some())
+        .collect();
+    assert!(!copied.is_empty(), "the first files moved");
+    for k in &copied {
+        assert!(recorded.contains(k), "{k} moved without a recorded plan");
+    }
+    assert!(copied.len() < 700, "files went on starting");
+}
+
 #[tokio::test]
 async fn a_journal_that_stops_recording_fails_the_run_and_says_what_was_copied() {
     let (a, b, conns) = setup();

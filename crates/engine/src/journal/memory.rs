@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use barge_store::PartReceipt;
@@ -22,6 +22,8 @@ struct State {
 pub struct MemoryJournal {
     state: Mutex<State>,
     refuse_file_states: AtomicBool,
+    /// Refuse to record plans beyond this many files (0: no limit).
+    plan_limit: AtomicUsize,
 }
 
 impl MemoryJournal {
@@ -29,6 +31,12 @@ impl MemoryJournal {
     /// fails mid-way).
     pub fn refuse_file_states(&self) {
         self.refuse_file_states.store(true, Ordering::Relaxed);
+    }
+
+    /// Refuse to record the plans of more than `files` files (tests of a journal that fails
+    /// while a run is recording its plans).
+    pub fn refuse_plans_beyond(&self, files: usize) {
+        self.plan_limit.store(files, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -92,6 +100,12 @@ impl Journal for MemoryJournal {
 
     async fn save_plans(&self, transfer: &str, plans: &[FilePlan]) -> Result<()> {
         let mut st = self.lock();
+        let limit = self.plan_limit.load(Ordering::Relaxed);
+        if limit > 0 && st.files.len() + plans.len() > limit {
+            return Err(EngineError::Journal(
+                "the journal refused the write (as the test asked)".into(),
+            ));
+        }
         for p in plans {
             st.files.insert(
                 (transfer.to_string(), p.id),
