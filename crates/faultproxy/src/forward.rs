@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What went through the proxy.
@@ -72,20 +72,11 @@ async fn serve(
 ) -> std::io::Result<()> {
     let _ = client.set_nodelay(true);
     // The first request's head (a CONNECT has nothing after it until the proxy answers).
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        let n = client.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if head.len() > 64 * 1024 {
-            return Ok(());
-        }
+    let Some(head) = super::read_head(&mut client).await? else {
+        return Ok(());
+    };
+    let Some(end) = super::head_end(&head) else {
+        return Ok(());
     };
     let tunnel = head.starts_with(b"CONNECT ");
     let absolute = head

@@ -130,6 +130,29 @@ impl FaultProxy {
     }
 }
 
+/// Where the head of the request in `bytes` ends (after its blank line), if it is all there.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+/// Read from `client` until the first request's head is all in (64 KiB at most): what was
+/// read, or `None` if the client closed before that.
+async fn read_head(client: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while head_end(&head).is_none() && head.len() < 65536 {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(Some(head))
+}
+
 async fn serve(
     mut client: TcpStream,
     upstream: SocketAddr,
@@ -140,14 +163,8 @@ async fn serve(
     match fate {
         Fate::Reply(status, code) => {
             // Read the request head, answer, close.
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
-                let n = client.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                head.extend_from_slice(&buf[..n]);
+            if read_head(&mut client).await?.is_none() {
+                return Ok(());
             }
             let body = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by faultproxy</Message><RequestId>fp</RequestId></Error>"
