@@ -4,7 +4,8 @@
 //! budget, so faults keep coming for as long as the transfer runs.
 //!
 //! [`TlsFront`] puts TLS in front of a plain-HTTP server, with a certificate authority of its own;
-//! [`ForwardProxy`] is a forward HTTP proxy (absolute-form requests and `CONNECT` tunnels).
+//! [`ForwardProxy`] is a forward HTTP proxy (absolute-form requests and `CONNECT` tunnels);
+//! [`DelayProxy`] adds latency to every byte, both ways (benchmarks over a slow link).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +18,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+mod delay;
 mod forward;
 mod tls;
+pub use delay::DelayProxy;
 pub use forward::{ForwardProxy, ProxyCounts};
 pub use tls::TlsFront;
 
