@@ -249,9 +249,13 @@ pub struct Common {
     /// Smallest part size for server-side copies (no bytes pass through barge).
     #[arg(long, default_value = "256MiB", value_name = "SIZE")]
     pub copy_part_size: String,
-    /// Parts in flight across all files.
+    /// Parts in flight across all files (and large files under way at once).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
+    /// Files moved at once: small files (one request each way) wait on round trips, not
+    /// bandwidth, so more of them are in flight than parts.
+    #[arg(long, default_value_t = barge_engine::run::DEFAULT_FILES, value_name = "N")]
+    pub files: usize,
     /// Hard budget for buffered part data.
     #[arg(long, default_value = "512MiB", value_name = "SIZE")]
     pub max_memory: String,
@@ -279,6 +283,9 @@ impl Common {
                 "--concurrency must be at least 1".into(),
             ));
         }
+        if self.files == 0 {
+            return Err(EngineError::Input("--files must be at least 1".into()));
+        }
         if self.retries == 0 {
             return Err(EngineError::Input("--retries must be at least 1".into()));
         }
@@ -301,6 +308,7 @@ impl Common {
                 max_memory,
             },
             concurrency: self.concurrency,
+            files: self.files,
             delete_source: self.delete_source,
             dry_run: self.dry_run,
             ..RunOptions::default()
@@ -348,6 +356,18 @@ mod tests {
         };
         let e = cp.common.run_options().expect_err("memory below part size");
         assert!(e.to_string().contains("--max-memory"), "{e}");
+        let cli = Cli::try_parse_from(["barge", "cp", "a", "b", "--files", "0"]).expect("parse");
+        let Command::Cp(cp) = cli.command else {
+            panic!("cp")
+        };
+        let e = cp.common.run_options().expect_err("no files at a time");
+        assert_eq!(e.to_string(), "--files must be at least 1");
+        let cli = Cli::try_parse_from(["barge", "cp", "a", "b"]).expect("parse");
+        let Command::Cp(cp) = cli.command else {
+            panic!("cp")
+        };
+        let o = cp.common.run_options().expect("defaults");
+        assert_eq!((o.concurrency, o.files), (16, 64));
         assert!(parse_age("soon").is_err());
         assert_eq!(parse_age("2h").ok(), Some(Duration::from_secs(7200)));
     }

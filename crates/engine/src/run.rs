@@ -28,8 +28,12 @@ use crate::worker::{Limits, move_part, move_whole};
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub plan: PlanOptions,
-    /// Parts (requests) in flight across all files.
+    /// Parts (requests) in flight across all files; also how many large (multipart) files
+    /// are under way at once.
     pub concurrency: usize,
+    /// Files moved at once. Small files (one request each way) wait mostly on round trips, not
+    /// on bandwidth, and use this many requests in flight besides the parts' `concurrency`.
+    pub files: usize,
     pub delete_source: bool,
     pub dry_run: bool,
     pub retry: RetryPolicy,
@@ -42,6 +46,7 @@ impl Default for RunOptions {
         Self {
             plan: PlanOptions::default(),
             concurrency: 16,
+            files: DEFAULT_FILES,
             delete_source: false,
             dry_run: false,
             retry: RetryPolicy::default(),
@@ -57,6 +62,9 @@ pub struct Engine {
     journal: Arc<dyn Journal>,
     cancel: CancellationToken,
     limits: Arc<Limits>,
+    /// Large (multipart) files under way: `concurrency` at most, as their parts share that many
+    /// requests (more would only spread the same requests over more open uploads).
+    large_files: tokio::sync::Semaphore,
     parts_reused: std::sync::atomic::AtomicU64,
     /// What a listing said of sources (size, ETag): small objects are planned without a stat.
     listing: HashMap<crate::location::Location, barge_store::ObjectMeta>,
@@ -104,6 +112,10 @@ struct Done {
     source_deleted: bool,
 }
 
+/// Files moved at once by default (`RunOptions::files`): enough small objects in flight to keep
+/// the machine busy over a 30 ms round trip (see BENCHMARKS.md, "Latency").
+pub const DEFAULT_FILES: usize = 64;
+
 /// How many files' plans are recorded at a time (see `Engine::run`).
 const SAVE_CHUNK: usize = 256;
 
@@ -111,10 +123,12 @@ impl Engine {
     pub fn new(conns: Arc<Connections>, opts: RunOptions) -> Self {
         let limits = Arc::new(Limits::new(
             opts.concurrency,
+            opts.files,
             opts.plan.max_memory,
             opts.retry.clone(),
         ));
         Self {
+            large_files: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
             conns,
             opts,
             observer: Arc::new(Silent),
@@ -358,7 +372,7 @@ impl Engine {
         let mut chunks = work.chunks(SAVE_CHUNK);
         let first = chunks.next().unwrap_or(&[]);
         self.save_fresh(&tid, first).await?;
-        let files_in_flight = self.opts.concurrency.max(1);
+        let files_in_flight = self.opts.files.max(self.opts.concurrency).max(1);
         let tid_ref = tid.as_str();
         let unsaved: std::sync::Mutex<Option<EngineError>> = std::sync::Mutex::new(None);
         let unsaved_ref = &unsaved;
@@ -443,6 +457,12 @@ impl Engine {
 
     async fn run_file(&self, tid: &str, work: &Work, done: &Completions) -> FileOutcome {
         let plan = work.plan();
+        // A large file waits here for its turn, before it starts (no upload opened yet).
+        let _turn = if plan.strategy.is_multipart() {
+            self.large_files.acquire().await.ok()
+        } else {
+            None
+        };
         self.observer.file_started(plan);
         let t0 = Instant::now();
         let through_before = self.limits.bytes_through.load(Ordering::Relaxed);

@@ -22,6 +22,9 @@ const STREAM_BUFFER: u64 = 2 * 1024 * 1024;
 pub struct Limits {
     /// Parts (requests) in flight across all files.
     pub requests: Semaphore,
+    /// Whole objects (one request each way) in flight. A small object's move is mostly waiting
+    /// on two round trips, not on bandwidth: many more of them run at once than parts.
+    pub objects: Semaphore,
     /// Buffered part data, in KiB.
     pub memory_kib: Semaphore,
     pub retry: RetryPolicy,
@@ -36,10 +39,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(concurrency: usize, max_memory: u64, retry: RetryPolicy) -> Self {
+    /// `concurrency` parts and `objects` whole objects in flight, `max_memory` of their data.
+    pub fn new(concurrency: usize, objects: usize, max_memory: u64, retry: RetryPolicy) -> Self {
         let kib = (max_memory / 1024).clamp(1, u64::from(u32::MAX)) as usize;
         Self {
             requests: Semaphore::new(concurrency.max(1)),
+            objects: Semaphore::new(objects.max(1)),
             memory_kib: Semaphore::new(kib),
             retry,
             stats: RetryStats::default(),
@@ -172,7 +177,7 @@ pub async fn move_whole(
     dst: &Arc<dyn Store>,
     plan: &FilePlan,
 ) -> Result<MovedWhole, StoreError> {
-    let _req = limits.requests.acquire().await.map_err(|_| closed())?;
+    let _req = limits.objects.acquire().await.map_err(|_| closed())?;
     if plan.strategy == Strategy::ServerCopy {
         let what = format!("server-side copy to {}", plan.dst);
         let r = retry(&limits.retry, &limits.stats, &what, || {

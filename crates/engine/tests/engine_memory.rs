@@ -465,3 +465,58 @@ async fn a_listed_small_object_is_checked_against_its_sources_crc32c_as_it_is_re
     // Read again before giving up: seven retries of eight attempts.
     assert!(s.retries >= 7, "{s:?}");
 }
+
+/// Small files (one request each way) are moved `files` at a time, more than the parts'
+/// `concurrency` (over a real network they mostly wait on round trips); large files' parts stay
+/// within `concurrency`. Every byte arrives.
+#[tokio::test]
+async fn small_files_are_moved_files_at_a_time_and_parts_concurrency_at_a_time() {
+    for files in [12, 3] {
+        let a = Arc::new(MemoryStore::new("a", &["src"]).with_limits(caps()));
+        let b = Arc::new(
+            MemoryStore::new("b", &["dst"])
+                .with_limits(caps())
+                .with_upload_time(Duration::from_millis(20)),
+        );
+        let conns = Arc::new(Connections::with_stores(vec![
+            (ConnRef::Named("a".into()), a.clone() as Arc<dyn Store>),
+            (ConnRef::Named("b".into()), b.clone() as Arc<dyn Store>),
+        ]));
+        let mut specs = small_files(&a, 40);
+        for i in 0..3 {
+            let key = format!("large{i}");
+            a.insert(
+                &ObjectPath::new("src", &key),
+                body(10_000 + i),
+                ObjectAttrs::default(),
+            );
+            specs.push(spec(&key));
+        }
+        let mut o = opts();
+        o.concurrency = 4;
+        o.files = files;
+        let s = Engine::new(conns, o).run(specs).await.expect("run");
+        assert!(s.success(), "{s:#?}");
+        for f in &s.files {
+            let key = f.src.rsplit('/').next().unwrap_or_default();
+            let want = a.get(&ObjectPath::new("src", key));
+            assert!(want.is_some(), "{}", f.src);
+            assert_eq!(b.get(&ObjectPath::new("dst", key)), want, "{}", f.dst);
+        }
+        assert_eq!(s.files.len(), 43);
+        let large = s
+            .files
+            .iter()
+            .filter(|f| f.strategy == Some(Strategy::StreamParts))
+            .count();
+        assert_eq!(large, 3, "{s:#?}");
+        assert_eq!(
+            b.puts.most.load(Ordering::SeqCst),
+            files as u64,
+            "whole-object PUTs in flight at most, with {files} files at a time"
+        );
+        let parts = b.part_uploads.most.load(Ordering::SeqCst);
+        assert!((1..=4).contains(&parts), "{parts} parts in flight");
+        assert_eq!(b.open_uploads(), 0);
+    }
+}

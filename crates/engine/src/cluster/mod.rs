@@ -170,7 +170,9 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(conns: Arc<Connections>, journal: Arc<SqlJournal>, opts: WorkerOptions) -> Self {
+        // A worker's tasks in flight are `concurrency`, whole objects included.
         let limits = Arc::new(Limits::new(
+            opts.concurrency,
             opts.concurrency,
             opts.max_memory,
             opts.retry.clone(),

@@ -1,14 +1,15 @@
 //! An in-process store with S3's rules, for fast tests of the engine.
 //!
-//! It counts the object bytes it serves, can fail a number of requests on purpose, and can
-//! overwrite an object after a number of reads, so tests can prove what the engine does about
-//! throttling and sources that change. It is never the only proof that a feature works against
+//! It counts the object bytes it serves, can fail a number of requests on purpose, can
+//! overwrite an object after a number of reads, and can make its uploads take time (counting how
+//! many run at once), so tests can prove what the engine does about throttling, sources that
+//! change and how many requests it keeps in flight. It is never the only proof that a feature works against
 //! S3: the same conformance suite runs against a real S3 server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -44,6 +45,29 @@ struct State {
     overwrite: Option<(ObjectPath, u32, Bytes)>,
 }
 
+/// Requests of one kind under way, and the most that ever were at once.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    now: AtomicU64,
+    pub most: AtomicU64,
+}
+
+impl InFlight {
+    fn enter(&self) -> Entered<'_> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(n, Ordering::SeqCst);
+        Entered(self)
+    }
+}
+
+struct Entered<'a>(&'a InFlight);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug)]
 pub struct MemoryStore {
     name: String,
@@ -55,6 +79,12 @@ pub struct MemoryStore {
     pub bytes_read: AtomicU64,
     /// The next N data requests fail with a transient error.
     pub fail_next: AtomicU32,
+    /// How long each `put` and `upload_part` takes (zero: no wait).
+    upload_time: Duration,
+    /// Whole-object PUTs under way.
+    pub puts: InFlight,
+    /// Part uploads under way.
+    pub part_uploads: InFlight,
 }
 
 impl MemoryStore {
@@ -71,6 +101,21 @@ impl MemoryStore {
             counter: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             fail_next: AtomicU32::new(0),
+            upload_time: Duration::ZERO,
+            puts: InFlight::default(),
+            part_uploads: InFlight::default(),
+        }
+    }
+
+    /// Every `put` and `upload_part` takes `d`, as over a network with that round trip.
+    pub fn with_upload_time(mut self, d: Duration) -> Self {
+        self.upload_time = d;
+        self
+    }
+
+    async fn take_upload_time(&self) {
+        if !self.upload_time.is_zero() {
+            tokio::time::sleep(self.upload_time).await;
         }
     }
 
@@ -302,6 +347,8 @@ impl Store for MemoryStore {
         attrs: &ObjectAttrs,
         crc32c: Option<u32>,
     ) -> Result<PutReceipt> {
+        let _under_way = self.puts.enter();
+        self.take_upload_time().await;
         self.maybe_fail("PutObject")?;
         self.check_crc(&data, crc32c, "PutObject")?;
         let obj = self.make_obj(data, attrs.clone(), None);
@@ -376,6 +423,8 @@ impl Store for MemoryStore {
         data: Bytes,
         crc32c: Option<u32>,
     ) -> Result<PartReceipt> {
+        let _under_way = self.part_uploads.enter();
+        self.take_upload_time().await;
         self.maybe_fail("UploadPart")?;
         let crc = self.check_crc(&data, crc32c, "UploadPart")?;
         let etag = format!(

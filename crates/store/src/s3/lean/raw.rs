@@ -37,7 +37,7 @@ const HEAD_MAX: usize = 64 * 1024;
 /// then sent once more on a new connection, see [`Lean::open_range`]).
 const IDLE_MAX: Duration = Duration::from_secs(15);
 /// Idle connections kept per store.
-const IDLE_KEEP: usize = 64;
+const IDLE_KEEP: usize = 128;
 /// Headers an answer may have.
 const HEADERS_MAX: usize = 96;
 
