@@ -211,7 +211,8 @@ def S5(profile):
 
 def tools_for(scn):
     """(tool name, argv or shell string, is_shell) per scenario; None where the tool cannot."""
-    opts = ["--quiet", "--concurrency", str(CONC)]
+    # barge's --files (small files at a time) too: every tool gets CONC-way concurrency.
+    opts = ["--quiet", "--concurrency", str(CONC), "--files", str(CONC)]
 
     def bc(*args):
         return [BARGE, *args, *opts]
