@@ -137,6 +137,10 @@ pub struct WorkerArgs {
     /// Parts in flight in this worker.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub concurrency: usize,
+    /// File-level tasks in flight in this worker (plans, small files moved whole, completions):
+    /// round trips rather than bandwidth, so more of them than parts.
+    #[arg(long, default_value_t = barge_engine::run::DEFAULT_FILES, value_name = "N")]
+    pub files: usize,
     /// Hard budget for this worker's buffered part data.
     #[arg(long, default_value = "512MiB", value_name = "SIZE")]
     pub max_memory: String,

@@ -45,6 +45,9 @@ pub fn worker_options(a: &WorkerArgs) -> anyhow::Result<WorkerOptions> {
     if a.concurrency == 0 {
         return Err(EngineError::Input("--concurrency must be at least 1".into()).into());
     }
+    if a.files == 0 {
+        return Err(EngineError::Input("--files must be at least 1".into()).into());
+    }
     if a.retries == 0 {
         return Err(EngineError::Input("--retries must be at least 1".into()).into());
     }
@@ -59,6 +62,7 @@ pub fn worker_options(a: &WorkerArgs) -> anyhow::Result<WorkerOptions> {
     let mut opts = WorkerOptions {
         queue: a.queue.clone(),
         concurrency: a.concurrency,
+        files: a.files,
         max_memory: parse_size(&a.max_memory)?,
         lease,
         journal_wait: parse_duration("--journal-wait", &a.journal_wait)?,
@@ -251,6 +255,7 @@ async fn work_on(
         WorkerOptions {
             queue,
             concurrency: opts.concurrency,
+            files: opts.files,
             max_memory: opts.plan.max_memory,
             retry: opts.retry.clone(),
             ..WorkerOptions::default()

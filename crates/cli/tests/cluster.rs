@@ -639,3 +639,118 @@ async fn a_worker_stopped_with_sigterm_gives_its_parts_back_at_once() {
     );
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
 }
+
+/// A worker claims parts against `--concurrency` and file-level tasks (plans, small files moved
+/// whole, completions) against `--files`, each from its own budget: small files do not wait
+/// behind parts, parts do not wait behind small files. Everything then arrives byte-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
+    use barge_engine::journal::queue::TaskKind;
+    let j = journal().await;
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-split");
+    let big = data(13 * MIB, 21);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        big.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let mut specs = vec![TransferSpec {
+        src: named("ga", "src", &format!("{p}big")),
+        dst: named("gb", "dst", &format!("{p}big")),
+    }];
+    let mut small = Vec::new();
+    for i in 0..6 {
+        let body = data(1000 + i, 30 + i as u64);
+        let key = format!("{p}s{i}");
+        put(
+            ga.as_ref(),
+            "src",
+            &key,
+            body.clone(),
+            &ObjectAttrs::default(),
+        )
+        .await;
+        specs.push(TransferSpec {
+            src: named("ga", "src", &key),
+            dst: named("gb", "dst", &key),
+        });
+        small.push((key, body));
+    }
+    let q = queue("split");
+    let tid = submit(
+        &j,
+        specs,
+        &SubmitOptions {
+            queue: q.clone(),
+            part_size: Some(5 * MIB as u64),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    let worker = Arc::new(Worker::new(
+        connections(),
+        j.clone(),
+        WorkerOptions {
+            id: "split".into(),
+            queue: q.clone(),
+            concurrency: 2,
+            files: 4,
+            lease: Duration::from_secs(30),
+            ..WorkerOptions::default()
+        },
+    ));
+    let kinds = |tasks: &[barge_engine::journal::queue::Task]| {
+        let parts = tasks.iter().filter(|t| t.kind == TaskKind::Part).count();
+        (parts, tasks.len() - parts)
+    };
+
+    // Nothing is planned yet: no parts to claim, however many are free.
+    let none = j
+        .claim_split("split", &q, 5, 0, 30_000)
+        .await
+        .expect("claim");
+    assert!(none.is_empty(), "{none:?}");
+    // Four file-level tasks: the large file's plan (it starts the upload) and three small files.
+    let first = j
+        .claim_split("split", &q, 0, 4, 30_000)
+        .await
+        .expect("claim");
+    assert_eq!(kinds(&first), (0, 4), "{first:?}");
+    assert!(first.iter().all(|t| t.kind == TaskKind::Plan), "{first:?}");
+    for t in first {
+        worker.execute(t).await;
+    }
+    // Now three parts are ready: two parts and two file-level tasks, as asked.
+    let second = j
+        .claim_split("split", &q, 2, 2, 30_000)
+        .await
+        .expect("claim");
+    assert_eq!(kinds(&second), (2, 2), "{second:?}");
+    for t in second {
+        worker.execute(t).await;
+    }
+    // The worker does the rest (one part, one small file, the large file's completion).
+    worker
+        .run(CancellationToken::new(), Until::Settled(tid.clone()))
+        .await
+        .expect("run");
+    let t = j.transfer(&tid).await.expect("read").expect("transfer");
+    assert_eq!(t.state, TransferState::Done);
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&big)
+    );
+    for (key, body) in &small {
+        assert_eq!(
+            sha256(&read(gb.as_ref(), "dst", key).await),
+            sha256(body),
+            "{key}"
+        );
+    }
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}

@@ -13,7 +13,7 @@ pub mod metrics;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use barge_store::checksum::same_checksum;
@@ -103,8 +103,11 @@ pub struct WorkerOptions {
     /// This worker's name in leases: unique per process.
     pub id: String,
     pub queue: String,
-    /// Tasks (parts, mostly) in flight at once.
+    /// Part tasks in flight at once.
     pub concurrency: usize,
+    /// File-level tasks in flight at once (plans, small files moved whole, completions): round
+    /// trips rather than bandwidth, so more of them than parts.
+    pub files: usize,
     pub max_memory: u64,
     /// How long a claim lasts without renewal: a dead worker's parts wait this long.
     pub lease: Duration,
@@ -119,6 +122,7 @@ impl Default for WorkerOptions {
             id: default_worker_id(),
             queue: String::new(),
             concurrency: 16,
+            files: crate::run::DEFAULT_FILES,
             max_memory: PlanOptions::default().max_memory,
             lease: Duration::from_secs(30),
             retry: RetryPolicy::default(),
@@ -170,10 +174,9 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(conns: Arc<Connections>, journal: Arc<SqlJournal>, opts: WorkerOptions) -> Self {
-        // A worker's tasks in flight are `concurrency`, whole objects included.
         let limits = Arc::new(Limits::new(
             opts.concurrency,
-            opts.concurrency,
+            opts.files,
             opts.max_memory,
             opts.retry.clone(),
         ));
@@ -222,6 +225,9 @@ impl Worker {
         lease_ms: u64,
     ) -> Result<()> {
         let mut set: JoinSet<()> = JoinSet::new();
+        // Part tasks and file-level tasks under way, each against its own limit.
+        let parts_running = Arc::new(AtomicUsize::new(0));
+        let files_running = Arc::new(AtomicUsize::new(0));
         let poll_min = Duration::from_millis(50);
         let poll_max = Duration::from_millis(1000);
         let mut idle_wait = poll_min;
@@ -234,14 +240,27 @@ impl Worker {
             if stop.is_cancelled() {
                 break Ok(());
             }
-            let free = self.opts.concurrency.saturating_sub(set.len());
+            let free_parts = self
+                .opts
+                .concurrency
+                .saturating_sub(parts_running.load(Ordering::SeqCst));
+            let free_files = self
+                .opts
+                .files
+                .saturating_sub(files_running.load(Ordering::SeqCst));
+            let free = free_parts + free_files;
             let mut got = 0;
             if free > 0 {
                 let t0 = Instant::now();
                 let claimed = self
                     .db(|| {
-                        self.journal
-                            .claim(&self.opts.id, &self.opts.queue, free, lease_ms)
+                        self.journal.claim_split(
+                            &self.opts.id,
+                            &self.opts.queue,
+                            free_parts,
+                            free_files,
+                            lease_ms,
+                        )
                     })
                     .await;
                 let tasks = match claimed {
@@ -270,10 +289,17 @@ impl Worker {
                         t.transfer
                     );
                     let me = self.clone();
+                    let running = if t.kind == TaskKind::Part {
+                        parts_running.clone()
+                    } else {
+                        files_running.clone()
+                    };
+                    running.fetch_add(1, Ordering::SeqCst);
                     self.metrics.parts_in_flight.inc();
                     set.spawn(async move {
                         me.execute(t).await;
                         me.metrics.parts_in_flight.dec();
+                        running.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
             }
@@ -401,6 +427,7 @@ impl Worker {
                 max_memory: self.opts.max_memory,
             },
             concurrency: self.opts.concurrency,
+            files: self.opts.files,
             delete_source: request.delete_source,
             retry: self.opts.retry.clone(),
             ..RunOptions::default()

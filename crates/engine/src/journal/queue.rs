@@ -212,6 +212,44 @@ impl SqlJournal {
         n: usize,
         lease_ms: u64,
     ) -> Result<Vec<Task>> {
+        self.claim_where(owner, queue, "", n, lease_ms).await
+    }
+
+    /// Claim up to `parts` part tasks and up to `files` file-level tasks (finalize, then plan:
+    /// a stat and a small file's whole move, or an upload's start and end; round trips rather
+    /// than bandwidth), as [`claim`](Self::claim) orders them.
+    pub async fn claim_split(
+        &self,
+        owner: &str,
+        queue: &str,
+        parts: usize,
+        files: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        if files > 0 {
+            tasks = self
+                .claim_where(owner, queue, "AND kind <> 'part'", files, lease_ms)
+                .await?;
+        }
+        if parts > 0 {
+            let p = self
+                .claim_where(owner, queue, "AND kind = 'part'", parts, lease_ms)
+                .await?;
+            tasks.extend(p);
+        }
+        Ok(tasks)
+    }
+
+    /// `kinds`: a fixed SQL condition on `kind` (never user input), or empty.
+    async fn claim_where(
+        &self,
+        owner: &str,
+        queue: &str,
+        kinds: &str,
+        n: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Task>> {
         let now = self.now_ms();
         let skip = self.skip_locked();
         let sql = format!(
@@ -219,7 +257,7 @@ impl SqlJournal {
              attempts = attempts + 1 \
              WHERE (transfer_id, file_id, kind, number) IN ( \
                SELECT transfer_id, file_id, kind, number FROM barge_work \
-               WHERE queue = $3 AND state = 'ready' \
+               WHERE queue = $3 AND state = 'ready' {kinds} \
                ORDER BY kind, transfer_id, file_id, number LIMIT $4 {skip}) \
              RETURNING transfer_id, file_id, kind, number, attempts"
         );
