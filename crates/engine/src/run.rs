@@ -113,7 +113,8 @@ struct Done {
 }
 
 /// Files moved at once by default (`RunOptions::files`): enough small objects in flight to keep
-/// the machine busy over a 30 ms round trip (see BENCHMARKS.md, "Latency").
+/// the machine busy over a 30 ms round trip (BENCHMARKS.md, "Small files over a link with a
+/// round trip").
 pub const DEFAULT_FILES: usize = 64;
 
 /// How many files' plans are recorded at a time (see `Engine::run`).
