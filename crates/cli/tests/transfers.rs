@@ -598,4 +598,35 @@ async fn listed_small_objects_keep_metadata_without_a_stat_each() {
             sha256(&data(1000 * i, i as u64))
         );
     }
+
+    // Within one endpoint: server-side copies straight from the listing, the store keeping the
+    // source's metadata itself (no stat), each verified by the copy's ETag (no stat either).
+    let dst = named("ga", "other", &format!("{p}out"));
+    let listing = barge_engine::input::list_prefix(&src, &dst, ga.as_ref(), &Filters::default())
+        .await
+        .expect("list");
+    let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
+    let s = Engine::new(connections(), opts(5))
+        .with_listing(listing)
+        .run(specs)
+        .await
+        .expect("run");
+    assert!(s.success(), "{s:#?}");
+    assert_eq!(s.bytes_through_client, 0, "{s:#?}");
+    for f in &s.files {
+        assert_eq!(f.strategy, Some(Strategy::ServerCopy), "{f:?}");
+        assert_eq!(f.verified, Verification::SourceEtag, "{f:?}");
+    }
+    for i in 0..5 {
+        let key = format!("{p}out/{i}.csv");
+        let meta = ga
+            .head(&ObjectPath::new("other", key.clone()))
+            .await
+            .expect("head");
+        assert_eq!(meta.attrs, attrs, "{key}: metadata kept");
+        assert_eq!(
+            sha256(&read(ga.as_ref(), "other", &key).await),
+            sha256(&data(1000 * i, i as u64))
+        );
+    }
 }

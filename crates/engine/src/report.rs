@@ -42,6 +42,9 @@ pub enum Verification {
     /// The destination keeps no checksum (a local file): its size, and the CRC32C the source
     /// keeps for the object matched the bytes barge read and wrote.
     SourceCrc32c,
+    /// A server-side copy answered with the pinned source's ETag (for an object written in one
+    /// piece, the MD5 of its bytes): the store copied exactly that object.
+    SourceEtag,
     /// Only the size could be checked: neither store keeps a checksum barge could compare with
     /// its own (none at all, or a composite of other part boundaries than barge's).
     SizeOnly,

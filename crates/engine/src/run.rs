@@ -187,12 +187,16 @@ impl Engine {
             dst_caps: dst.capabilities(),
             same_service,
         };
-        // A small object the listing described needs no stat: its one GET brings the metadata.
+        // A small object the listing described needs no stat: its one GET brings the metadata,
+        // or its server-side copy keeps the source's.
         if let Some(listed) = self.listing.get(&spec.src)
             && listed.etag.is_some()
             && !spec.src.is_local()
-            && let Ok((Strategy::SinglePut, part_size, part_count)) =
-                choose(listed.size, &ends, &self.opts.plan)
+            && let Ok((
+                strategy @ (Strategy::SinglePut | Strategy::ServerCopy),
+                part_size,
+                part_count,
+            )) = choose(listed.size, &ends, &self.opts.plan)
         {
             return Ok(FilePlan {
                 id,
@@ -201,7 +205,7 @@ impl Engine {
                 size: listed.size,
                 pin: barge_store::Pin::of(listed),
                 attrs: Default::default(),
-                strategy: Strategy::SinglePut,
+                strategy,
                 part_size,
                 part_count,
                 attrs_pending: true,
@@ -565,6 +569,14 @@ impl Engine {
     ) -> Result<Verification> {
         let moved = move_whole(&self.limits, src, dst, plan).await?;
         self.observer.progress(plan.id, plan.size);
+        // A server-side copy that answers with the pinned source's ETag is a copy of exactly
+        // that object (for one written in one piece, the ETag is the MD5 of its bytes): no stat.
+        if plan.strategy == Strategy::ServerCopy
+            && let (Some(copied), Some(pinned)) = (&moved.receipt.etag, &plan.pin.etag)
+            && copied.trim_matches('"') == pinned.trim_matches('"')
+        {
+            return Ok(Verification::SourceEtag);
+        }
         let exp = Expected::whole(plan.size, moved.crc);
         // The store computed the CRC32C of what it stored and answered with it: that is the
         // check, no stat needed.

@@ -181,7 +181,9 @@ pub async fn move_whole(
     if plan.strategy == Strategy::ServerCopy {
         let what = format!("server-side copy to {}", plan.dst);
         let r = retry(&limits.retry, &limits.stats, &what, || {
-            dst.copy_object(&plan.src.path, &plan.pin, &plan.dst.path, &plan.attrs)
+            // Planned from a listing: the store copies the source's attributes itself.
+            let attrs = (!plan.attrs_pending).then_some(&plan.attrs);
+            dst.copy_object(&plan.src.path, &plan.pin, &plan.dst.path, attrs)
         })
         .await?;
         return Ok(MovedWhole {

@@ -471,7 +471,7 @@ pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str
         ..Default::default()
     };
     store
-        .copy_object(&src, &pin, &whole, &attrs)
+        .copy_object(&src, &pin, &whole, Some(&attrs))
         .await
         .expect("copy object");
     let meta = store.head(&whole).await.expect("head copy");
@@ -480,6 +480,18 @@ pub async fn server_side_part_copy(store: &dyn Store, bucket: &str, prefix: &str
         "copy sets the given attributes"
     );
     assert_eq!(read_all(store, &whole).await, body);
+    // Without attributes, the copy keeps the source's.
+    let kept = ObjectPath::new(bucket, format!("{prefix}copy-kept.bin"));
+    store
+        .copy_object(&whole, &Pin::of(&meta), &kept, None)
+        .await
+        .expect("copy object keeping attributes");
+    let kept_meta = store.head(&kept).await.expect("head copy");
+    assert_eq!(
+        kept_meta.attrs, meta.attrs,
+        "copy keeps the source's attributes"
+    );
+    assert_eq!(read_all(store, &kept).await, body);
     let stale = Pin {
         etag: Some("\"0000000000\"".into()),
         version_id: None,

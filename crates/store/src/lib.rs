@@ -294,13 +294,15 @@ pub trait Store: Send + Sync + fmt::Debug {
         crc32c: Option<u32>,
     ) -> Result<PutReceipt>;
 
-    /// Server-side copy of a whole object (at most `max_single_put` bytes).
+    /// Server-side copy of a whole object (at most `max_single_put` bytes), with `attrs`, or
+    /// with the source's own attributes where `attrs` is `None` (S3's `MetadataDirective: COPY`:
+    /// no stat of the source needed to keep them).
     async fn copy_object(
         &self,
         _src: &ObjectPath,
         _pin: &Pin,
         _dst: &ObjectPath,
-        _attrs: &ObjectAttrs,
+        _attrs: Option<&ObjectAttrs>,
     ) -> Result<PutReceipt> {
         Err(StoreError::Unsupported {
             store: self.name().to_string(),

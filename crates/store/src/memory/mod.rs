@@ -371,12 +371,13 @@ impl Store for MemoryStore {
         src: &ObjectPath,
         pin: &Pin,
         dst: &ObjectPath,
-        attrs: &ObjectAttrs,
+        attrs: Option<&ObjectAttrs>,
     ) -> Result<PutReceipt> {
         self.maybe_fail("CopyObject")?;
         let mut st = self.lock();
         let obj = self.read_pinned(&mut st, src, pin)?;
-        let new = self.make_obj(obj.data, attrs.clone(), None);
+        let attrs = attrs.cloned().unwrap_or(obj.attrs);
+        let new = self.make_obj(obj.data, attrs, None);
         let etag = new.etag.clone();
         let b = st
             .buckets

@@ -464,7 +464,7 @@ impl Store for S3Store {
         src: &ObjectPath,
         pin: &Pin,
         dst: &ObjectPath,
-        attrs: &ObjectAttrs,
+        attrs: Option<&ObjectAttrs>,
     ) -> Result<PutReceipt> {
         let req = self
             .client
@@ -472,9 +472,12 @@ impl Store for S3Store {
             .bucket(&dst.bucket)
             .key(&dst.key)
             .copy_source(copy_source(src, pin))
-            .set_copy_source_if_match(pin.etag.clone())
-            .metadata_directive(MetadataDirective::Replace);
-        let out = with_attrs!(req, attrs)
+            .set_copy_source_if_match(pin.etag.clone());
+        let req = match attrs {
+            Some(attrs) => with_attrs!(req.metadata_directive(MetadataDirective::Replace), attrs),
+            None => req.metadata_directive(MetadataDirective::Copy),
+        };
+        let out = req
             .send()
             .await
             .map_err(|e| self.err("CopyObject", src, e))?;
