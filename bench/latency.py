@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Small objects between the two local servers over a link with a round trip: barge's `--files`.
+"""Many small objects over a link with a round trip: barge's `--files` beside the peers'.
 
 Run through bench/latency.sh. Each server gets a `faultproxy delay RTT` in front (every byte
-RTT/2 late each way), the tools are pointed at the proxies, and each setting copies the same
-objects from server a to server b once per round, settings alternating. The destination keeps a
-reference copy of the data (as bench.py's BENCH_DEST=warm), each run's copy is deleted after it.
+RTT/2 late each way), the tools are pointed at the proxies, and each setting moves the same
+objects once per round, settings alternating. Scenarios (LAT_SCENARIOS): `between` (server a to
+server b, through the client), `within` (a bucket to another on server a: server-side copies),
+`upload` (a local folder to server b). Server b keeps a reference copy of the data (as
+bench.py's BENCH_DEST=warm); each run's copy is deleted after it.
 """
 import os
 import statistics
@@ -26,7 +28,19 @@ COUNT = int(E.get("LAT_COUNT", "2000"))
 SIZE = 64 * 1024
 ROUNDS = int(E.get("LAT_ROUNDS", "2"))
 FILES = [int(x) for x in E.get("LAT_FILES", "16,32,64,128,256").split(",")]
-SETTINGS = [("barge", f) for f in FILES] + [("rclone", 16), ("rclone", 64)]
+SCENARIOS = E.get("LAT_SCENARIOS", "between,within,upload").split(",")
+S5CMD = subprocess.run(["sh", "-c", "command -v s5cmd"], capture_output=True, text=True).stdout.strip()
+
+
+def settings(scn):
+    """(tool, N) to run in a scenario: barge's --files values; rclone at 16 and 64 transfers;
+    s5cmd (one endpoint only: not between two servers) at 16 and its default of 256 workers."""
+    barge = FILES if scn == "between" else [f for f in FILES if f in (16, 64, 256)] or FILES
+    out = [("barge", f) for f in barge] + [("rclone", 16), ("rclone", 64)]
+    if scn != "between" and S5CMD:
+        out += [("s5cmd", 16), ("s5cmd", 256)]
+    return out
+
 WORK = Path(tempfile.mkdtemp(prefix="barge-latency-"))
 
 
@@ -84,11 +98,40 @@ def wait_for_quiet_servers():
             return
 
 
-def command(tool, n):
+# Where each scenario reads and writes: (barge src, barge dst, rclone src, rclone dst, s5cmd
+# src, s5cmd dst, server s5cmd talks to); the destination prefix is deleted after each run.
+def places(scn):
+    local = str(WORK / "small")
+    return {
+        "between": ("a:src/latency/small/", "b:dst/latency/run/", "A:src/latency/small", "B:dst/latency/run",
+                    None, None, None),
+        "within": ("a:src/latency/small/", "a:dst/latency/run/", "A:src/latency/small", "A:dst/latency/run",
+                   "s3://src/latency/small/*", "s3://dst/latency/run/", "A"),
+        "upload": (local + "/", "b:dst/latency/run/", local, "B:dst/latency/run",
+                   local + "/*", "s3://dst/latency/run/", "B"),
+    }[scn]
+
+
+def dest_server(scn):
+    return "A" if scn == "within" else "B"
+
+
+def command(scn, tool, n, eps):
+    bs, bd, rs, rd, ss, sd, sw = places(scn)
     if tool == "barge":
-        return [BARGE, "cp", "-r", "a:src/latency/small/", "b:dst/latency/run/", "--quiet", "--files", str(n)]
-    return ["rclone", "--transfers", str(n), "--checkers", str(n), "-q", "copy",
-            "A:src/latency/small", "B:dst/latency/run"]
+        return [BARGE, "cp", "-r", bs, bd, "--quiet", "--files", str(n)]
+    if tool == "rclone":
+        return ["rclone", "--transfers", str(n), "--checkers", str(n), "-q", "copy", rs, rd]
+    return [S5CMD, "--endpoint-url", eps[sw], "--credentials-file", str(WORK / f"s5cmd-{sw}"), "--numworkers",
+            str(n), "cp", ss, sd]
+
+
+def s5cmd_credentials():
+    for w in ("A", "B"):
+        f = WORK / f"s5cmd-{w}"
+        f.write_text(f"[default]\naws_access_key_id = {E[f'BARGE_TEST_{w}_KEY_ID']}\n"
+                     f"aws_secret_access_key = {E[f'BARGE_TEST_{w}_SECRET']}\n")
+        os.chmod(f, 0o600)
 
 
 def timed(argv, env):
@@ -105,9 +148,12 @@ def timed(argv, env):
 
 def main():
     direct = tool_env({"A": endpoint("A"), "B": endpoint("B")}, "direct")
+    direct["AWS_REGION"] = "us-east-1"
+    s5cmd_credentials()
     print(f"latency: preparing {COUNT} objects of {SIZE // 1024} KiB", file=sys.stderr)
     delete_prefix("A", "src", "latency/")
     delete_prefix("B", "dst", "latency/")
+    delete_prefix("A", "dst", "latency/")
     d = WORK / "small"
     d.mkdir()
     blob = os.urandom(SIZE * 16)
@@ -122,6 +168,7 @@ def main():
         proxies = []
         if rtt == 0:
             env = direct
+            eps = {"A": endpoint("A"), "B": endpoint("B")}
         else:
             eps = {}
             for w in ("A", "B"):
@@ -130,35 +177,41 @@ def main():
                 eps[w] = "http://" + (p.stdout.readline().strip() if p.stdout else "")
                 proxies.append(p)
             env = tool_env(eps, f"rtt{rtt}")
+            env["AWS_REGION"] = "us-east-1"
         try:
-            for r in range(ROUNDS):
-                k = r % len(SETTINGS)
-                for tool, n in SETTINGS[k:] + SETTINGS[:k]:
-                    wait_for_quiet_servers()
-                    wall, cpu = timed(command(tool, n), env)
-                    delete_prefix("B", "dst", "latency/run/")
-                    results.setdefault((rtt, tool, n), []).append((wall, cpu))
-                    print(f"latency: rtt {rtt} ms, {tool} {n}: {wall:.2f} s, {cpu:.2f} CPU-s", file=sys.stderr)
+            for scn in SCENARIOS:
+                runs = settings(scn)
+                for r in range(ROUNDS):
+                    k = r % len(runs)
+                    for tool, n in runs[k:] + runs[:k]:
+                        wait_for_quiet_servers()
+                        wall, cpu = timed(command(scn, tool, n, eps), env)
+                        delete_prefix(dest_server(scn), "dst", "latency/run/")
+                        results.setdefault((scn, rtt, tool, n), []).append((wall, cpu))
+                        print(f"latency: {scn}, rtt {rtt} ms, {tool} {n}: {wall:.2f} s, {cpu:.2f} CPU-s",
+                              file=sys.stderr)
         finally:
             for p in proxies:
                 p.terminate()
     delete_prefix("A", "src", "latency/")
+    delete_prefix("A", "dst", "latency/")
     delete_prefix("B", "dst", "latency/")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [
-        f"Latency sweep on {time.strftime('%Y-%m-%d')}, commit {commit}: {COUNT} objects of {SIZE // 1024} KiB from "
-        f"server a to server b, each behind a `faultproxy delay` adding the round trip; {ROUNDS} round(s), "
-        "median (min-max) seconds. barge: `--files N` (parts' `--concurrency` at its default); "
-        "rclone: `--transfers N --checkers N`.",
+        f"Latency sweep on {time.strftime('%Y-%m-%d')}, commit {commit}: {COUNT} objects of {SIZE // 1024} KiB, "
+        "each server behind a `faultproxy delay` adding the round trip; between = server a to server b, within = "
+        "server-side copies on server a, upload = a local folder to server b; "
+        f"{ROUNDS} round(s), median (min-max) seconds. barge: `--files N` (parts' `--concurrency` at its "
+        "default); rclone: `--transfers N --checkers N`; s5cmd: `--numworkers N` (its default 256).",
         "",
-        "| round trip | tool | N | seconds | objects/s | client CPU s |",
-        "|---|---|---|---|---|---|",
+        "| scenario | round trip | tool | N | seconds | objects/s | client CPU s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (rtt, tool, n), runs in results.items():
+    for (scn, rtt, tool, n), runs in sorted(results.items(), key=lambda kv: (SCENARIOS.index(kv[0][0]), kv[0][1])):
         walls = [w for w, _ in runs]
         med = statistics.median(walls)
         cpu = statistics.median(c for _, c in runs)
-        lines.append(f"| {rtt} ms | {tool} | {n} | {med:.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
+        lines.append(f"| {scn} | {rtt} ms | {tool} | {n} | {med:.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
                      f"{COUNT / med:.0f} | {cpu:.2f} |")
     out = ROOT / "bench" / "results" / "latency.md"
     out.write_text("\n".join(lines) + "\n")
