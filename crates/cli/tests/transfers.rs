@@ -573,18 +573,23 @@ async fn listed_small_objects_keep_metadata_without_a_stat_each() {
         )
         .await;
     }
+    // A prefix copy as `barge cp -r` makes it: the source's listing planned without a stat.
     let src = named("ga", "src", &format!("{p}in"));
-    let dst = named("gb", "dst", &format!("{p}out"));
-    let listing = barge_engine::input::list_prefix(&src, &dst, ga.as_ref(), &Filters::default())
-        .await
-        .expect("list");
-    let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
-    let s = Engine::new(connections(), opts(5))
-        .with_listing(listing)
-        .run(specs)
-        .await
-        .expect("run");
-    assert!(s.success(), "{s:#?}");
+    let copy_listed = async |dst: Location| {
+        let listing =
+            barge_engine::input::list_prefix(&src, &dst, ga.as_ref(), &Filters::default())
+                .await
+                .expect("list");
+        let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
+        let s = Engine::new(connections(), opts(5))
+            .with_listing(listing)
+            .run(specs)
+            .await
+            .expect("run");
+        assert!(s.success(), "{s:#?}");
+        s
+    };
+    copy_listed(named("gb", "dst", &format!("{p}out"))).await;
     for i in 0..5 {
         let key = format!("{p}out/{i}.csv");
         let meta = gb
@@ -601,17 +606,7 @@ async fn listed_small_objects_keep_metadata_without_a_stat_each() {
 
     // Within one endpoint: server-side copies straight from the listing, the store keeping the
     // source's metadata itself (no stat), each verified by the copy's ETag (no stat either).
-    let dst = named("ga", "other", &format!("{p}out"));
-    let listing = barge_engine::input::list_prefix(&src, &dst, ga.as_ref(), &Filters::default())
-        .await
-        .expect("list");
-    let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
-    let s = Engine::new(connections(), opts(5))
-        .with_listing(listing)
-        .run(specs)
-        .await
-        .expect("run");
-    assert!(s.success(), "{s:#?}");
+    let s = copy_listed(named("ga", "other", &format!("{p}out"))).await;
     assert_eq!(s.bytes_through_client, 0, "{s:#?}");
     for f in &s.files {
         assert_eq!(f.strategy, Some(Strategy::ServerCopy), "{f:?}");
