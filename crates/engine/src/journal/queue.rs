@@ -233,10 +233,19 @@ impl SqlJournal {
                 .await?;
         }
         if parts > 0 {
-            let p = self
+            match self
                 .claim_where(owner, queue, "AND kind = 'part'", parts, lease_ms)
-                .await?;
-            tasks.extend(p);
+                .await
+            {
+                Ok(p) => tasks.extend(p),
+                // The file-level tasks are leased already: they go on (an error here would
+                // leave them leased to a worker that never runs them); parts are claimed on
+                // the next round.
+                Err(e) if !tasks.is_empty() => {
+                    tracing::warn!("claiming parts failed: {e}; claiming them again next round")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(tasks)
     }
