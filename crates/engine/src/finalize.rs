@@ -123,6 +123,11 @@ async fn verify_and_clean(
     }
 }
 
+/// Two ETags name the same object, quoted or not.
+pub(crate) fn same_etag(a: &str, b: &str) -> bool {
+    a.trim_matches('"') == b.trim_matches('"')
+}
+
 /// Delete the object barge wrote to `plan.dst` (now `meta`) after it failed verification;
 /// what became of it, for the error.
 async fn remove_written(
@@ -133,11 +138,10 @@ async fn remove_written(
     policy: &crate::retry::RetryPolicy,
     stats: &crate::retry::RetryStats,
 ) -> String {
-    let unquoted = |e: &Option<String>| e.as_deref().map(|e| e.trim_matches('"').to_string());
     let version = written.version_id.as_deref().filter(|v| !v.is_empty());
     let ours = version.is_some()
-        || match (unquoted(&written.etag), unquoted(&meta.etag)) {
-            (Some(w), Some(now)) => w == now,
+        || match (&written.etag, &meta.etag) {
+            (Some(w), Some(now)) => same_etag(w, now),
             _ => true,
         };
     if !ours {

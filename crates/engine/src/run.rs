@@ -573,7 +573,7 @@ impl Engine {
         // that object (for one written in one piece, the ETag is the MD5 of its bytes): no stat.
         if plan.strategy == Strategy::ServerCopy
             && let (Some(copied), Some(pinned)) = (&moved.receipt.etag, &plan.pin.etag)
-            && copied.trim_matches('"') == pinned.trim_matches('"')
+            && crate::finalize::same_etag(copied, pinned)
         {
             return Ok(Verification::SourceEtag);
         }

@@ -3,8 +3,8 @@
 //! It counts the object bytes it serves, can fail a number of requests on purpose, can
 //! overwrite an object after a number of reads, and can make its uploads take time (counting how
 //! many run at once), so tests can prove what the engine does about throttling, sources that
-//! change and how many requests it keeps in flight. It is never the only proof that a feature works against
-//! S3: the same conformance suite runs against a real S3 server.
+//! change and how many requests it keeps in flight. It is never the only proof that a feature
+//! works against S3: the same conformance suite runs against a real S3 server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
