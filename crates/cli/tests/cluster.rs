@@ -754,3 +754,61 @@ async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
     }
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
 }
+
+/// A claim that commits but whose answer never reaches the worker (the connection drops after
+/// the UPDATE) leaves rows leased to that worker that it does not know it holds. Its housekeeping
+/// renews only the tasks it runs, so those leases expire and the work is done anyway, instead of
+/// staying leased forever to a worker that keeps renewing them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_whose_claim_answer_was_lost_expires_and_the_work_is_done() {
+    let j = journal().await;
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-lost");
+    let body = data(3000, 41);
+    let key = format!("{p}small");
+    put(
+        ga.as_ref(),
+        "src",
+        &key,
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let q = queue("lost");
+    let tid = submit(
+        &j,
+        vec![TransferSpec {
+            src: named("ga", "src", &key),
+            dst: named("gb", "dst", &key),
+        }],
+        &SubmitOptions {
+            queue: q.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    // The claim whose answer was lost: the file's only task, leased to "lost" for 1 s.
+    let lost = j.claim_split("lost", &q, 4, 4, 1_000).await.expect("claim");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    let worker = Arc::new(Worker::new(
+        connections(),
+        j.clone(),
+        WorkerOptions {
+            id: "lost".into(),
+            queue: q.clone(),
+            lease: Duration::from_secs(1),
+            ..WorkerOptions::default()
+        },
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.run(CancellationToken::new(), Until::Settled(tid.clone())),
+    )
+    .await
+    .expect("the transfer never settled: the lost lease was renewed forever")
+    .expect("run");
+    let t = j.transfer(&tid).await.expect("read").expect("transfer");
+    assert_eq!(t.state, TransferState::Done);
+    assert_eq!(sha256(&read(gb.as_ref(), "dst", &key).await), sha256(&body));
+}

@@ -10,7 +10,7 @@
 
 pub mod metrics;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,6 +170,35 @@ pub struct Worker {
     limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     transfers: tokio::sync::Mutex<HashMap<String, Arc<TransferCtx>>>,
+    /// The tasks being run now: the leases housekeeping renews.
+    running: Arc<std::sync::Mutex<HashSet<Task>>>,
+}
+
+/// A task's place in [`Worker::running`], given up when the task ends however it ends.
+struct Running {
+    set: Arc<std::sync::Mutex<HashSet<Task>>>,
+    task: Task,
+}
+
+impl Running {
+    fn new(set: &Arc<std::sync::Mutex<HashSet<Task>>>, task: &Task) -> Self {
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.clone());
+        Self {
+            set: set.clone(),
+            task: task.clone(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.task);
+    }
 }
 
 impl Worker {
@@ -187,6 +216,7 @@ impl Worker {
             limits,
             metrics: Arc::new(Metrics::default()),
             transfers: Default::default(),
+            running: Default::default(),
         }
     }
 
@@ -348,7 +378,7 @@ impl Worker {
         result
     }
 
-    /// Renew this worker's leases and put back expired ones of any worker, a few times per
+    /// Renew the leases of the tasks this worker is running and put back expired ones of any worker, a few times per
     /// lease period.
     async fn housekeeping(&self, done: CancellationToken, lease_ms: u64) {
         let every = Duration::from_millis((lease_ms / 3).max(100));
@@ -357,7 +387,16 @@ impl Worker {
                 _ = tokio::time::sleep(every) => {}
                 _ = done.cancelled() => return,
             }
-            if let Err(e) = self.journal.renew(&self.opts.id, lease_ms).await {
+            let running: Vec<Task> = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if !running.is_empty()
+                && let Err(e) = self.journal.renew(&self.opts.id, &running, lease_ms).await
+            {
                 tracing::warn!("cannot renew leases: {e}");
             }
             match self.journal.reclaim_expired().await {
@@ -447,6 +486,7 @@ impl Worker {
     /// Do one task. Store errors fail the file (as in a one-machine run); a journal that stays
     /// unreachable leaves the task to expire and be claimed again.
     pub async fn execute(&self, task: Task) {
+        let _running = Running::new(&self.running, &task);
         let result = match task.kind {
             TaskKind::Plan => self.plan_task(&task).await,
             TaskKind::Part => self.part_task(&task).await,

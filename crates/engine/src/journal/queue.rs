@@ -19,7 +19,7 @@ use crate::input::TransferSpec;
 use barge_store::PartReceipt;
 
 /// What a row of work asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TaskKind {
     /// Stat the source, plan the file, start its upload (or move a small file whole).
     Plan,
@@ -30,7 +30,7 @@ pub enum TaskKind {
 }
 
 /// One claimed unit of work.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Task {
     pub transfer: String,
     pub file: FileId,
@@ -304,19 +304,45 @@ impl SqlJournal {
         })
     }
 
-    /// Extend every lease `owner` holds. Returns how many.
-    pub async fn renew(&self, owner: &str, lease_ms: u64) -> Result<u64> {
-        let sql = format!(
-            "UPDATE barge_work SET lease_until = {} + $1 WHERE owner = $2 AND state = 'leased'",
-            self.now_ms()
-        );
-        let r = sqlx::query(AssertSqlSafe(sql))
-            .bind(lease_ms as i64)
-            .bind(owner)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(r.rows_affected())
+    /// Extend `owner`'s leases on `tasks`, the tasks it is running. Returns how many it still
+    /// held. Only those: a row leased to `owner` by a claim whose answer never arrived (the
+    /// connection dropped after the commit) is not renewed, so its lease expires and any worker
+    /// takes it up again, instead of staying leased to a worker that never runs it.
+    pub async fn renew(&self, owner: &str, tasks: &[Task], lease_ms: u64) -> Result<u64> {
+        let mut renewed = 0;
+        for chunk in tasks.chunks(BATCH) {
+            let mut which = String::new();
+            for i in 0..chunk.len() {
+                let n = 3 + 4 * i;
+                if i > 0 {
+                    which.push_str(" OR ");
+                }
+                which.push_str(&format!(
+                    "(transfer_id = ${n} AND file_id = ${} AND kind = ${} AND number = ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3
+                ));
+            }
+            let sql = format!(
+                "UPDATE barge_work SET lease_until = {} + $1 \
+                 WHERE owner = $2 AND state = 'leased' AND ({which})",
+                self.now_ms()
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(lease_ms as i64)
+                .bind(owner);
+            for t in chunk {
+                q = q
+                    .bind(&t.transfer)
+                    .bind(t.file as i64)
+                    .bind(t.kind.as_str())
+                    .bind(t.number as i64);
+            }
+            let r = q.execute(&self.pool).await.map_err(|e| self.err(e))?;
+            renewed += r.rows_affected();
+        }
+        Ok(renewed)
     }
 
     /// Put back every task whose lease has expired (its worker died or lost the journal).
