@@ -171,33 +171,30 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     transfers: tokio::sync::Mutex<HashMap<String, Arc<TransferCtx>>>,
     /// The tasks being run now: the leases housekeeping renews.
-    running: Arc<std::sync::Mutex<HashSet<Task>>>,
+    running: std::sync::Mutex<HashSet<Task>>,
 }
 
 /// A task's place in [`Worker::running`], given up when the task ends however it ends.
-struct Running {
-    set: Arc<std::sync::Mutex<HashSet<Task>>>,
-    task: Task,
+struct Running<'a> {
+    set: &'a std::sync::Mutex<HashSet<Task>>,
+    task: &'a Task,
 }
 
-impl Running {
-    fn new(set: &Arc<std::sync::Mutex<HashSet<Task>>>, task: &Task) -> Self {
+impl<'a> Running<'a> {
+    fn new(set: &'a std::sync::Mutex<HashSet<Task>>, task: &'a Task) -> Self {
         set.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(task.clone());
-        Self {
-            set: set.clone(),
-            task: task.clone(),
-        }
+        Self { set, task }
     }
 }
 
-impl Drop for Running {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.set
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.task);
+            .remove(self.task);
     }
 }
 
@@ -378,8 +375,8 @@ impl Worker {
         result
     }
 
-    /// Renew the leases of the tasks this worker is running and put back expired ones of any worker, a few times per
-    /// lease period.
+    /// Renew the leases of the tasks this worker is running and put back expired ones of any
+    /// worker, a few times per lease period.
     async fn housekeeping(&self, done: CancellationToken, lease_ms: u64) {
         let every = Duration::from_millis((lease_ms / 3).max(100));
         loop {

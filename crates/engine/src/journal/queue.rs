@@ -239,8 +239,8 @@ impl SqlJournal {
             {
                 Ok(p) => tasks.extend(p),
                 // The file-level tasks are leased already: they go on (an error here would
-                // leave them leased to a worker that never runs them); parts are claimed on
-                // the next round.
+                // leave them leased, to no one's use, until their lease expires); parts are
+                // claimed on the next round.
                 Err(e) if !tasks.is_empty() => {
                     tracing::warn!("claiming parts failed: {e}; claiming them again next round")
                 }
