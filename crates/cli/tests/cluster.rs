@@ -59,6 +59,15 @@ async fn journal() -> Arc<SqlJournal> {
     Arc::new(SqlJournal::open(&pg_url()).await.expect("open the journal"))
 }
 
+/// Put `body` at ga:src/`key`; its copy to gb:dst/`key`.
+async fn source(ga: &dyn Store, key: &str, body: bytes::Bytes) -> TransferSpec {
+    put(ga, "src", key, body, &ObjectAttrs::default()).await;
+    TransferSpec {
+        src: named("ga", "src", key),
+        dst: named("gb", "dst", key),
+    }
+}
+
 /// Put `len` bytes of test data at ga:src/{p}big and submit its copy to gb:dst/{p}big on queue
 /// `q`, in 5 MiB parts. Returns the transfer id and the bytes.
 async fn submit_big(
@@ -281,21 +290,11 @@ async fn a_part_moved_twice_or_changed_on_the_store_never_corrupts_the_object() 
     let (ga, gb) = (store("ga").await, store("gb").await);
     let p = prefix("cl-twice");
     let body = data(13 * MIB, 3);
-    put(
-        ga.as_ref(),
-        "src",
-        &format!("{p}obj"),
-        body.clone(),
-        &ObjectAttrs::default(),
-    )
-    .await;
+    let spec = source(ga.as_ref(), &format!("{p}obj"), body.clone()).await;
     let q = queue("twice");
     let tid = submit(
         &j,
-        vec![TransferSpec {
-            src: named("ga", "src", &format!("{p}obj")),
-            dst: named("gb", "dst", &format!("{p}obj")),
-        }],
+        vec![spec],
         &SubmitOptions {
             queue: q.clone(),
             part_size: Some(5 * MIB as u64),
@@ -650,34 +649,12 @@ async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
     let (ga, gb) = (store("ga").await, store("gb").await);
     let p = prefix("cl-split");
     let big = data(13 * MIB, 21);
-    put(
-        ga.as_ref(),
-        "src",
-        &format!("{p}big"),
-        big.clone(),
-        &ObjectAttrs::default(),
-    )
-    .await;
-    let mut specs = vec![TransferSpec {
-        src: named("ga", "src", &format!("{p}big")),
-        dst: named("gb", "dst", &format!("{p}big")),
-    }];
+    let mut specs = vec![source(ga.as_ref(), &format!("{p}big"), big.clone()).await];
     let mut small = Vec::new();
     for i in 0..6 {
         let body = data(1000 + i, 30 + i as u64);
         let key = format!("{p}s{i}");
-        put(
-            ga.as_ref(),
-            "src",
-            &key,
-            body.clone(),
-            &ObjectAttrs::default(),
-        )
-        .await;
-        specs.push(TransferSpec {
-            src: named("ga", "src", &key),
-            dst: named("gb", "dst", &key),
-        });
+        specs.push(source(ga.as_ref(), &key, body.clone()).await);
         small.push((key, body));
     }
     let q = queue("split");
@@ -766,21 +743,11 @@ async fn a_lease_whose_claim_answer_was_lost_expires_and_the_work_is_done() {
     let p = prefix("cl-lost");
     let body = data(3000, 41);
     let key = format!("{p}small");
-    put(
-        ga.as_ref(),
-        "src",
-        &key,
-        body.clone(),
-        &ObjectAttrs::default(),
-    )
-    .await;
+    let spec = source(ga.as_ref(), &key, body.clone()).await;
     let q = queue("lost");
     let tid = submit(
         &j,
-        vec![TransferSpec {
-            src: named("ga", "src", &key),
-            dst: named("gb", "dst", &key),
-        }],
+        vec![spec],
         &SubmitOptions {
             queue: q.clone(),
             ..Default::default()
