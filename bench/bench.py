@@ -463,7 +463,9 @@ def report(scns, results, ceil, down_ceil=None):
             busy = statistics.median([(r[2] + r[5]) / (r[1] * NCPU) for r in good])
             rows.append({"scenario": scn, "tool": name, "wall": med, "min": min(walls), "max": max(walls),
                          "mib_s": thr, "cpu_per_gib": cpu, "rss_mib": rss, "server_cpu_per_gib": srv,
-                         "busy": busy, "runs": len(good)})
+                         "busy": busy, "runs": len(good),
+                         # Each round's wall time (None: failed), for the ratios of one round's runs.
+                         "by_round": [r[1] if r[0] else None for r in runs]})
             note = "" if len(good) == len(runs) else f"{len(runs) - len(good)} run(s) failed"
             lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | {med:.1f} ({min(walls):.1f}-{max(walls):.1f}) | "
                          f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {srv:.2f} | {busy:.0%} | {note} |")
@@ -498,7 +500,8 @@ def ratios(rows):
         b = barge[0]
         best_thr = max(peers, key=lambda r: r["mib_s"])
         best_cpu = min(peers, key=lambda r: r["cpu_per_gib"])
-        line = (f"- {SCENARIO_TITLE[scn]}: throughput {b['mib_s'] / best_thr['mib_s']:.2f}x {best_thr['tool']}; "
+        line = (f"- {SCENARIO_TITLE[scn]}: throughput {b['mib_s'] / best_thr['mib_s']:.2f}x {best_thr['tool']}"
+                f"{by_round(b, best_thr)}; "
                 f"CPU per GiB {b['cpu_per_gib'] / max(best_cpu['cpu_per_gib'], 1e-9):.2f}x {best_cpu['tool']}")
         # The reference peers, each once (the best peer is already named above).
         for tool in ("airflow pattern", "airflow DAG (real)", "s5cmd + sync FILE"):
@@ -507,6 +510,20 @@ def ratios(rows):
                 line += f"; {b['mib_s'] / ref[0]['mib_s']:.2f}x {tool}"
         out.append(line)
     return out
+
+
+def by_round(b, peer):
+    """The peer's time over barge's, round by round, and their median.
+
+    The tools of one round run minutes apart, the rounds up to an hour apart, and this VM's speed
+    drifts over an hour (the same copy's client CPU seconds and the servers' move by a third, for
+    every tool alike): a ratio of two runs of one round compares the tools on the same machine, a
+    ratio of two medians may compare runs from different rounds."""
+    pairs = [p / w for w, p in zip(b.get("by_round", []), peer.get("by_round", [])) if w and p]
+    if len(pairs) < 2:
+        return ""
+    each = " / ".join(f"{x:.2f}" for x in pairs)
+    return f" by medians, {statistics.median(pairs):.2f}x round by round (median of {each})"
 
 
 def plot(rows, path):
