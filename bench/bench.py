@@ -395,8 +395,8 @@ def seed_b(refs):
 
 
 def fresh_b_for_small():
-    """Scenario 3's runs each meet server b restarted empty, holding only the small objects'
-    reference copy: a run of 5,000 PUTs costs b a quarter to a half more CPU on a server that
+    """Scenario 3's runs each meet server b restarted empty, then (BENCH_DEST=warm) given only
+    the small objects' reference copy: a run of 5,000 PUTs costs b a quarter to a half more CPU on a server that
     earlier runs wrote and deleted those keys on, or 4 GiB objects (by hand, 2026-11-28), so
     without this a run's time depended on how much the bench had run before it."""
     reset_b()
