@@ -369,8 +369,8 @@ def prepare():
             (d / f"f{i:05d}").write_bytes(blob[off : off + SMALL_SIZE])
         subprocess.run([BARGE, "cp", "-r", str(d), "a:src/bench/small/", "--quiet"], env=ENV, check=True)
     if DEST == "warm":
+        # The reference copies go on server b just before the first run that needs them.
         delete_prefix("b", "dst", "bench/")
-        seed_b(["big"] if (WRITES_B - {"3"}) & set(scenario_runs()) else [])
 
 
 # What reference copies server b holds now (see DEST).
@@ -396,9 +396,9 @@ def seed_b(refs):
 
 def fresh_b_for_small():
     """Scenario 3's runs each meet server b restarted empty, then (BENCH_DEST=warm) given only
-    the small objects' reference copy: a run of 5,000 PUTs costs b a quarter to a half more CPU on a server that
-    earlier runs wrote and deleted those keys on, or 4 GiB objects (by hand, 2026-11-28), so
-    without this a run's time depended on how much the bench had run before it."""
+    the small objects' reference copy: a run of 5,000 PUTs costs b a quarter to a half more CPU
+    on a server that earlier runs wrote and deleted those keys on, or 4 GiB objects (by hand,
+    2026-11-28), so without this a run's time depended on how much the bench had run before it."""
     reset_b()
     B_REFS.clear()
     if DEST == "warm":
