@@ -160,6 +160,11 @@ pub struct WorkerArgs {
     /// Exit once the queue holds no unfinished work (for batch jobs).
     #[arg(long)]
     pub exit_when_idle: bool,
+    /// Work on files of this machine's file system that submitted transfers name (off: a
+    /// shared journal's rows could otherwise make this worker read, upload and delete local
+    /// files; `barge submit` itself refuses local paths).
+    #[arg(long)]
+    pub allow_local: bool,
     /// This worker's name in the journal's leases. Default: host-pid-random.
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
@@ -280,25 +285,75 @@ pub struct Common {
     pub quiet: bool,
 }
 
+/// The ranges flags are held to: beyond them a value is a typo, or would overflow what it
+/// sizes (a semaphore, a buffer, a part count).
+pub const MAX_CONCURRENCY: u64 = 4096;
+pub const MAX_FILES: u64 = 65_536;
+pub const MAX_RETRIES: u64 = 100;
+/// The largest part any store takes (S3: 5 GiB).
+pub const MAX_PART_SIZE: u64 = 5 * barge_store::GIB;
+pub const MAX_MEMORY: u64 = 64 * barge_store::TIB;
+
+/// `value` of `flag` within `lo..=hi`, or an error naming the flag and the range.
+pub fn in_range(flag: &str, value: u64, lo: u64, hi: u64) -> Result<()> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(EngineError::Input(format!(
+            "{flag} {value} is out of range: use {lo} to {hi}"
+        )))
+    }
+}
+
+/// A size flag parsed and held within `lo..=hi` (the message names the flag and the range).
+pub fn size_in_range(flag: &str, text: &str, lo: u64, hi: u64) -> Result<u64> {
+    let v = parse_size(text).map_err(|e| EngineError::Input(format!("{flag}: {e}")))?;
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(EngineError::Input(format!(
+            "{flag} {text} is out of range: use {} to {}",
+            human_exact(lo),
+            human_exact(hi)
+        )))
+    }
+}
+
+/// A size as typed back to the user: whole units where it is one.
+fn human_exact(n: u64) -> String {
+    for (unit, size) in [
+        ("TiB", barge_store::TIB),
+        ("GiB", barge_store::GIB),
+        ("MiB", barge_store::MIB),
+        ("KiB", 1024),
+    ] {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// `--part-size` and `--copy-part-size`, checked.
+pub fn part_sizes(part_size: &str, copy_part_size: &str) -> Result<(u64, u64)> {
+    Ok((
+        size_in_range("--part-size", part_size, 1, MAX_PART_SIZE)?,
+        size_in_range("--copy-part-size", copy_part_size, 1, MAX_PART_SIZE)?,
+    ))
+}
+
+/// `--concurrency`, `--files` and `--retries`, checked.
+pub fn counts(concurrency: usize, files: usize, retries: u32) -> Result<()> {
+    in_range("--concurrency", concurrency as u64, 1, MAX_CONCURRENCY)?;
+    in_range("--files", files as u64, 1, MAX_FILES)?;
+    in_range("--retries", u64::from(retries), 1, MAX_RETRIES)
+}
+
 impl Common {
     pub fn run_options(&self) -> Result<RunOptions> {
-        if self.concurrency == 0 {
-            return Err(EngineError::Input(
-                "--concurrency must be at least 1".into(),
-            ));
-        }
-        if self.files == 0 {
-            return Err(EngineError::Input("--files must be at least 1".into()));
-        }
-        if self.retries == 0 {
-            return Err(EngineError::Input("--retries must be at least 1".into()));
-        }
-        let part_size = parse_size(&self.part_size)?;
-        let copy_part_size = parse_size(&self.copy_part_size)?;
-        let max_memory = parse_size(&self.max_memory)?;
-        if part_size == 0 || copy_part_size == 0 {
-            return Err(EngineError::Input("part sizes must be above zero".into()));
-        }
+        counts(self.concurrency, self.files, self.retries)?;
+        let (part_size, copy_part_size) = part_sizes(&self.part_size, &self.copy_part_size)?;
+        let max_memory = size_in_range("--max-memory", &self.max_memory, 1, MAX_MEMORY)?;
         if max_memory < part_size {
             return Err(EngineError::Input(format!(
                 "--max-memory ({}) is smaller than --part-size ({}): no part would fit; raise --max-memory or lower --part-size",
@@ -365,7 +420,63 @@ mod tests {
             panic!("cp")
         };
         let e = cp.common.run_options().expect_err("no files at a time");
-        assert_eq!(e.to_string(), "--files must be at least 1");
+        assert_eq!(e.to_string(), "--files 0 is out of range: use 1 to 65536");
+        for (flag, value, msg) in [
+            (
+                "--concurrency",
+                "2305843009213693952",
+                "--concurrency 2305843009213693952 is out of range: use 1 to 4096",
+            ),
+            (
+                "--files",
+                "18446744073709551615",
+                "--files 18446744073709551615 is out of range: use 1 to 65536",
+            ),
+            (
+                "--retries",
+                "0",
+                "--retries 0 is out of range: use 1 to 100",
+            ),
+            (
+                "--part-size",
+                "18446744073709551615",
+                "--part-size 18446744073709551615 is out of range: use 1 bytes to 5GiB",
+            ),
+            (
+                "--copy-part-size",
+                "0",
+                "--copy-part-size 0 is out of range: use 1 bytes to 5GiB",
+            ),
+            (
+                "--max-memory",
+                "65TiB",
+                "--max-memory 65TiB is out of range: use 1 bytes to 64TiB",
+            ),
+            ("--part-size", "lots", "--part-size: 'lots' is not a size"),
+        ] {
+            let cli = Cli::try_parse_from(["barge", "cp", "a", "b", flag, value]).expect("parse");
+            let Command::Cp(cp) = cli.command else {
+                panic!("cp")
+            };
+            let e = cp.common.run_options().expect_err(flag).to_string();
+            assert!(e.starts_with(msg), "{flag} {value}: {e}");
+        }
+        // A budget and a part of the same odd size: the part fits (one unit for both).
+        let cli = Cli::try_parse_from([
+            "barge",
+            "cp",
+            "a",
+            "b",
+            "--part-size",
+            "3000",
+            "--max-memory",
+            "3000",
+        ])
+        .expect("parse");
+        let Command::Cp(cp) = cli.command else {
+            panic!("cp")
+        };
+        assert_eq!(cp.common.run_options().expect("fits").plan.max_memory, 3000);
         let cli = Cli::try_parse_from(["barge", "cp", "a", "b"]).expect("parse");
         let Command::Cp(cp) = cli.command else {
             panic!("cp")

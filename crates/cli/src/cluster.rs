@@ -12,7 +12,6 @@ use barge_engine::input::TransferSpec;
 use barge_engine::journal::{Journal, SqlJournal, TransferState};
 use barge_engine::report::Observer;
 use barge_engine::run::fingerprint;
-use barge_engine::size::parse_size;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -22,13 +21,14 @@ use crate::{EXIT_FAILED, EXIT_INTERRUPTED, print_summary};
 
 /// `barge submit`: record the transfer, print its id, return at once.
 pub async fn submit_cmd(
+    conns: &Connections,
     journal: &SqlJournal,
     specs: Vec<TransferSpec>,
     opts: SubmitOptions,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let n = specs.len();
-    let id = submit(journal, specs, &opts).await?;
+    let id = submit(conns, journal, specs, &opts).await?;
     if json {
         out!("{}", serde_json::json!({ "transfer_id": id, "files": n }));
     } else {
@@ -42,19 +42,11 @@ pub async fn submit_cmd(
 }
 
 pub fn worker_options(a: &WorkerArgs) -> anyhow::Result<WorkerOptions> {
-    if a.concurrency == 0 {
-        return Err(EngineError::Input("--concurrency must be at least 1".into()).into());
-    }
-    if a.files == 0 {
-        return Err(EngineError::Input("--files must be at least 1".into()).into());
-    }
-    if a.retries == 0 {
-        return Err(EngineError::Input("--retries must be at least 1".into()).into());
-    }
+    crate::args::counts(a.concurrency, a.files, a.retries)?;
     let lease = parse_duration("--lease", &a.lease)?;
-    if lease < Duration::from_secs(1) {
+    if lease < Duration::from_secs(1) || lease > Duration::from_secs(86_400) {
         return Err(EngineError::Input(format!(
-            "--lease {} is too short to renew in time: use at least 1s",
+            "--lease {} is out of range: use 1s to 24h (shorter cannot be renewed in time; longer holds a dead worker's parts for too long)",
             a.lease
         ))
         .into());
@@ -63,9 +55,15 @@ pub fn worker_options(a: &WorkerArgs) -> anyhow::Result<WorkerOptions> {
         queue: a.queue.clone(),
         concurrency: a.concurrency,
         files: a.files,
-        max_memory: parse_size(&a.max_memory)?,
+        max_memory: crate::args::size_in_range(
+            "--max-memory",
+            &a.max_memory,
+            1,
+            crate::args::MAX_MEMORY,
+        )?,
         lease,
         journal_wait: parse_duration("--journal-wait", &a.journal_wait)?,
+        allow_local: a.allow_local,
         ..WorkerOptions::default()
     };
     if let Some(id) = &a.id {
@@ -192,20 +190,22 @@ pub async fn run_shared(
                 journal.requeue_failed(&t.id, &queue).await?;
                 (t.id, true)
             }
-            None => (submit_from(&journal, specs, common).await?, false),
+            None => (submit_from(&conns, &journal, specs, common).await?, false),
         },
-        None => (submit_from(&journal, specs, common).await?, false),
+        None => (submit_from(&conns, &journal, specs, common).await?, false),
     };
     work_on(conns, journal, &tid, resumed, common).await
 }
 
 async fn submit_from(
+    conns: &Connections,
     journal: &SqlJournal,
     specs: Vec<TransferSpec>,
     common: &Common,
 ) -> anyhow::Result<String> {
     let opts = common.run_options()?;
     Ok(submit(
+        conns,
         journal,
         specs,
         &SubmitOptions {

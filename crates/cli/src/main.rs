@@ -201,33 +201,65 @@ fn parse_loc(conns: &Connections, s: &str) -> anyhow::Result<Location> {
     Ok(Location::parse(s, &|n| conns.is_configured(n))?)
 }
 
-type Listing = Vec<(TransferSpec, barge_store::ObjectMeta)>;
+type Listing = barge_engine::input::Listed;
 
 /// The files `SRC DST` (with -r: every object under SRC) names.
+/// What `cp` and `submit` are asked to copy.
+struct CpRequest<'a> {
+    src: &'a str,
+    dst: &'a str,
+    recursive: bool,
+    include: &'a [String],
+    exclude: &'a [String],
+    delete_source: bool,
+}
+
 async fn cp_specs(
     conns: &Connections,
-    src: &str,
-    dst: &str,
-    recursive: bool,
-    include: &[String],
-    exclude: &[String],
+    r: CpRequest<'_>,
 ) -> anyhow::Result<(Vec<TransferSpec>, Listing)> {
+    let CpRequest {
+        src,
+        dst,
+        recursive,
+        include,
+        exclude,
+        delete_source,
+    } = r;
     let src = parse_loc(conns, src)?;
     let dst = parse_loc(conns, dst)?;
     if !recursive && (!include.is_empty() || !exclude.is_empty()) {
         return Err(EngineError::Input("--include and --exclude go with -r".into()).into());
     }
+    if recursive && delete_source {
+        let pair = [TransferSpec {
+            src: src.clone(),
+            dst: dst.clone(),
+        }];
+        let resolver = barge_engine::identity::Resolver::new(conns, &pair).await;
+        barge_engine::identity::check_tree(&resolver, &src, &dst)?;
+    }
     Ok(if recursive {
         let filters = Filters::new(include, exclude)?;
         let store = conns.get(&src.conn).await?;
         let listing = list_prefix(&src, &dst, store.as_ref(), &filters).await?;
-        if listing.is_empty() {
+        if listing.files.is_empty() {
+            let skipped = match listing.skipped.len() {
+                0 => String::new(),
+                n => format!(
+                    " ({n} entries passed over, like {}: {})",
+                    listing.skipped[0].path, listing.skipped[0].reason
+                ),
+            };
             return Err(EngineError::Input(format!(
-                "nothing to copy: no object under {src} matches"
+                "nothing to copy: no object under {src} matches{skipped}"
             ))
             .into());
         }
-        (listing.iter().map(|(s, _)| s.clone()).collect(), listing)
+        (
+            listing.files.iter().map(|(s, _)| s.clone()).collect(),
+            listing,
+        )
     } else {
         if src.path.key.is_empty() || src.path.key.ends_with('/') {
             return Err(EngineError::Input(format!(
@@ -235,13 +267,23 @@ async fn cp_specs(
             ))
             .into());
         }
-        (vec![single(src, dst)], Vec::new())
+        (vec![single(src, dst)], Listing::default())
     })
 }
 
 async fn cp(conns: Arc<Connections>, journal: JournalArg, a: CpArgs) -> anyhow::Result<ExitCode> {
-    let (specs, listing) =
-        cp_specs(&conns, &a.src, &a.dst, a.recursive, &a.include, &a.exclude).await?;
+    let (specs, listing) = cp_specs(
+        &conns,
+        CpRequest {
+            src: &a.src,
+            dst: &a.dst,
+            recursive: a.recursive,
+            include: &a.include,
+            exclude: &a.exclude,
+            delete_source: a.common.delete_source,
+        },
+    )
+    .await?;
     execute(conns, journal, specs, listing, &a.common).await
 }
 
@@ -271,7 +313,7 @@ async fn run_manifest(
     a: RunArgs,
 ) -> anyhow::Result<ExitCode> {
     let specs = manifest_specs(&conns, &a.manifest)?;
-    execute(conns, journal, specs, Vec::new(), &a.common).await
+    execute(conns, journal, specs, Listing::default(), &a.common).await
 }
 
 async fn submit(
@@ -283,11 +325,14 @@ async fn submit(
         Some(dst) => {
             cp_specs(
                 &conns,
-                &a.manifest_or_src,
-                dst,
-                a.recursive,
-                &a.include,
-                &a.exclude,
+                CpRequest {
+                    src: &a.manifest_or_src,
+                    dst,
+                    recursive: a.recursive,
+                    include: &a.include,
+                    exclude: &a.exclude,
+                    delete_source: a.delete_source,
+                },
             )
             .await?
             .0
@@ -302,13 +347,10 @@ async fn submit(
             manifest_specs(&conns, &a.manifest_or_src)?
         }
     };
-    let part_size = barge_engine::size::parse_size(&a.part_size)?;
-    let copy_part_size = barge_engine::size::parse_size(&a.copy_part_size)?;
-    if part_size == 0 || copy_part_size == 0 {
-        return Err(EngineError::Input("part sizes must be above zero".into()).into());
-    }
+    let (part_size, copy_part_size) = args::part_sizes(&a.part_size, &a.copy_part_size)?;
     let j = journal.open_sql().await?;
     cluster::submit_cmd(
+        &conns,
         &j,
         specs,
         barge_engine::cluster::SubmitOptions {
@@ -344,10 +386,16 @@ async fn execute(
     };
     let durable = journal.durable();
     let progress = Arc::new(Progress::new(common.quiet || common.dry_run));
+    if !common.quiet && !common.json {
+        for s in &listing.skipped {
+            eprintln!("skipped {}: {}", s.path, s.reason);
+        }
+    }
+    let skipped = listing.skipped;
     let engine = Engine::new(conns, opts)
         .with_observer(progress.clone())
         .with_journal(journal)
-        .with_listing(listing);
+        .with_listing(listing.files);
     let cancel = engine.cancel_token();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -367,7 +415,7 @@ async fn execute(
         }
     });
     let token = engine.cancel_token();
-    let summary = engine.run(specs).await?;
+    let summary = engine.run(specs).await?.with_skipped(skipped);
     progress.finish();
     if token.is_cancelled()
         && durable
@@ -407,6 +455,12 @@ fn print_summary(s: &Summary) {
             String::new()
         }
     );
+    if s.files_skipped > 0 {
+        eprintln!(
+            "{} entries passed over (not files barge copies; listed above and in --json)",
+            s.files_skipped
+        );
+    }
 }
 
 async fn cleanup_cmd(conns: Arc<Connections>, a: CleanupArgs) -> anyhow::Result<ExitCode> {
@@ -482,7 +536,14 @@ async fn resume(
         .map_err(|e| EngineError::Journal(format!("transfer {}: unreadable request: {e}", t.id)))?;
     let mut common = a.common;
     common.delete_source |= request.delete_source;
-    execute(conns, journal, request.transfers, Vec::new(), &common).await
+    execute(
+        conns,
+        journal,
+        request.transfers,
+        Listing::default(),
+        &common,
+    )
+    .await
 }
 
 async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> {

@@ -293,6 +293,7 @@ async fn a_part_moved_twice_or_changed_on_the_store_never_corrupts_the_object() 
     let spec = source(ga.as_ref(), &format!("{p}obj"), body.clone()).await;
     let q = queue("twice");
     let tid = submit(
+        &connections(),
         &j,
         vec![spec],
         &SubmitOptions {
@@ -665,6 +666,7 @@ async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
     }
     let q = queue("split");
     let tid = submit(
+        &connections(),
         &j,
         specs,
         &SubmitOptions {
@@ -752,6 +754,7 @@ async fn a_lease_whose_claim_answer_was_lost_expires_and_the_work_is_done() {
     let spec = source(ga.as_ref(), &key, body.clone()).await;
     let q = queue("lost");
     let tid = submit(
+        &connections(),
         &j,
         vec![spec],
         &SubmitOptions {

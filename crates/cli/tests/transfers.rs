@@ -282,7 +282,7 @@ async fn prefix_copy_with_filters() {
         .list("dst", &format!("{p}copy/"))
         .await
         .expect("list dst");
-    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.objects.len(), 2);
     assert_eq!(
         sha256(&read(gb.as_ref(), "dst", &format!("{p}copy/sub/c.csv")).await),
         sha256(&data(102, 2))
@@ -580,9 +580,9 @@ async fn listed_small_objects_keep_metadata_without_a_stat_each() {
             barge_engine::input::list_prefix(&src, &dst, ga.as_ref(), &Filters::default())
                 .await
                 .expect("list");
-        let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
+        let specs: Vec<TransferSpec> = listing.files.iter().map(|(s, _)| s.clone()).collect();
         let s = Engine::new(connections(), opts(5))
-            .with_listing(listing)
+            .with_listing(listing.files)
             .run(specs)
             .await
             .expect("run");

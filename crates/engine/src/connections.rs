@@ -265,6 +265,19 @@ impl Connections {
         self.file.connections.contains_key(name)
     }
 
+    /// Whether `conn` reaches the local file system (`local`, or a connection of kind local).
+    pub fn is_local(&self, conn: &ConnRef) -> bool {
+        match conn {
+            ConnRef::Local => true,
+            ConnRef::Default => false,
+            ConnRef::Named(n) => self
+                .file
+                .connections
+                .get(n)
+                .is_some_and(|c| c.kind.as_deref() == Some("local")),
+        }
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.file.connections.keys().cloned().collect()
     }

@@ -237,6 +237,114 @@ async fn against_source(
     }
 }
 
+/// Whether `v` proves the destination holds the source's bytes: a checksum compared, not a
+/// size alone. A source is deleted only after such a proof.
+pub fn proves_bytes(v: Verification) -> bool {
+    matches!(
+        v,
+        Verification::SizeAndCrc32c
+            | Verification::SourceCrc32c
+            | Verification::SourceEtag
+            | Verification::ReadBack
+    )
+}
+
+/// Before a source is deleted: a check that compared sizes only is made into a checksum one
+/// by reading both objects (the source pinned to the planned version) and comparing their
+/// CRC32Cs. A destination that cannot be proven keeps its source, and the error says why.
+pub async fn prove_for_delete(
+    src: &dyn Store,
+    dst: &dyn Store,
+    plan: &FilePlan,
+    verified: Verification,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
+    if proves_bytes(verified) {
+        return Ok(verified);
+    }
+    let kept = |why: String| EngineError::Verify {
+        dest: plan.dst.to_string(),
+        msg: format!(
+            "{why}; the stores keep no checksum to compare, so the source {} was kept",
+            plan.src
+        ),
+    };
+    let what = format!("read-back of {} and {}", plan.src, plan.dst);
+    let (a, b) = crate::retry::retry(policy, stats, &what, || async {
+        let dst_meta = dst.head(&plan.dst.path).await?;
+        let mut src_meta = src.head(&plan.src.path).await?;
+        if Pin::of(&src_meta) != plan.pin {
+            return Err(barge_store::StoreError::SourceChanged {
+                store: src.name().to_string(),
+                path: plan.src.path.to_string(),
+            });
+        }
+        src_meta.size = src_meta.size.min(plan.size);
+        Ok((
+            read_crc(src, &src_meta).await?,
+            read_crc(dst, &dst_meta).await?,
+        ))
+    })
+    .await
+    .map_err(|e| kept(format!("copied, but reading both sides back failed: {e}")))?;
+    if a == b {
+        Ok(Verification::ReadBack)
+    } else {
+        Err(kept(format!(
+            "read back, the destination's bytes have CRC32C {}, the source's {}",
+            crc32c_b64(b),
+            crc32c_b64(a)
+        )))
+    }
+}
+
+/// An upload found gone when barge went to complete it: a completion whose answer was lost (the
+/// retry then finds no upload), one a finalizer made before it stopped, or an upload aborted by
+/// someone else (`barge cleanup`, a lifecycle rule). The destination counts as barge's copy only
+/// if it proves to hold barge's bytes: its own CRC32C equal to barge's parts', else its bytes
+/// read back and compared with the CRC32C of what barge uploaded. Never by size alone: an
+/// older object of the same size is not the copy.
+pub async fn settle_vanished_upload(
+    dst: &dyn Store,
+    plan: &FilePlan,
+    exp: &Expected,
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
+    let gone = |why: String| EngineError::Verify {
+        dest: plan.dst.to_string(),
+        msg: format!("the upload is gone from the store and {why}"),
+    };
+    let what = format!("stat of {}", plan.dst);
+    let meta = crate::retry::retry(policy, stats, &what, || dst.head(&plan.dst.path))
+        .await
+        .map_err(|e| gone(format!("the destination cannot be read: {e}")))?;
+    match check(&meta, None, plan, exp, policy, stats).await {
+        Ok(Verification::SizeAndCrc32c) => return Ok(Verification::SizeAndCrc32c),
+        Ok(_) => {}
+        Err(e) => return Err(gone(format!("the destination is not barge's copy ({e})"))),
+    }
+    let Some(want) = exp.full_crc32c else {
+        return Err(gone(
+            "barge has no checksum of its parts to prove the destination is its copy".into(),
+        ));
+    };
+    let what = format!("read-back of {}", plan.dst);
+    let got = crate::retry::retry(policy, stats, &what, || read_crc(dst, &meta))
+        .await
+        .map_err(|e| gone(format!("the destination cannot be read back: {e}")))?;
+    if got == want {
+        Ok(Verification::ReadBack)
+    } else {
+        Err(gone(format!(
+            "the destination holds other bytes (CRC32C {}, barge uploaded {})",
+            crc32c_b64(got),
+            crc32c_b64(want)
+        )))
+    }
+}
+
 /// What `barge verify` found.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PairCheck {
@@ -252,7 +360,10 @@ pub struct PairCheck {
 
 const VERIFY_CHUNK: u64 = 8 * barge_store::MIB;
 
-async fn read_crc(store: &dyn Store, meta: &barge_store::ObjectMeta) -> Result<u32> {
+async fn read_crc(
+    store: &dyn Store,
+    meta: &barge_store::ObjectMeta,
+) -> std::result::Result<u32, barge_store::StoreError> {
     let pin = barge_store::Pin::of(meta);
     let mut parts = Vec::new();
     let mut off = 0;

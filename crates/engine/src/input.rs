@@ -1,15 +1,13 @@
 //! Inputs: what to move. A single pair, a prefix (or folder) with filters, or a manifest in the
 //! Airflow pattern's shape (JSON, YAML or CSV).
 
-use std::collections::HashSet;
-
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
 use crate::location::Location;
-use barge_store::{ObjectPath, Store};
+use barge_store::{ObjectPath, SkippedEntry, Store};
 
 /// One file to move.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,6 +83,9 @@ fn entries(text: &str, format: ManifestFormat, origin: &str) -> Result<Vec<Manif
     }
 }
 
+/// The longest key S3, GCS and Azure accept.
+const MAX_KEY_BYTES: usize = 1024;
+
 /// Parse a manifest into transfers, resolving connection ids.
 pub fn parse_manifest(
     text: &str,
@@ -102,6 +103,15 @@ pub fn parse_manifest(
                 .resolve_conn_id(conn_id)
                 .map_err(|e| at(&format!("{which}: {e}")))?;
             if conn == crate::location::ConnRef::Local {
+                // With a bucket (a folder), the key is a file inside it and must stay there.
+                if !bucket.is_empty()
+                    && let Some(why) = crate::identity::local_key_problem(&key)
+                {
+                    return Err(at(&format!(
+                        "{which}_key '{}' cannot be a file inside the folder {which}_bucket '{bucket}': {why}",
+                        key.escape_debug()
+                    )));
+                }
                 let p = if bucket.is_empty() {
                     key
                 } else {
@@ -117,6 +127,18 @@ pub fn parse_manifest(
             }
             if key.is_empty() || key.ends_with('/') {
                 return Err(at(&format!("{which}_key '{key}' is not an object key")));
+            }
+            if bucket.contains('/') || bucket.chars().any(char::is_control) {
+                return Err(at(&format!(
+                    "{which}_bucket '{}' is not a bucket name (no '/' or control characters)",
+                    bucket.escape_debug()
+                )));
+            }
+            if key.len() > MAX_KEY_BYTES {
+                return Err(at(&format!(
+                    "{which}_key is {} bytes long: object keys are 1 to {MAX_KEY_BYTES} bytes",
+                    key.len()
+                )));
             }
             Ok(Location {
                 conn,
@@ -183,19 +205,29 @@ pub async fn expand_prefix(
 ) -> Result<Vec<TransferSpec>> {
     Ok(list_prefix(src, dst, src_store, filters)
         .await?
+        .files
         .into_iter()
         .map(|(s, _)| s)
         .collect())
 }
 
-/// Like [`expand_prefix`], with what the listing said of each source (size, ETag), which lets
-/// the engine plan small objects without a stat of each.
+/// What a prefix listing gives a transfer: the files, with what the listing said of each (size,
+/// ETag: small objects are planned without a stat of each), and the entries passed over.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub files: Vec<(TransferSpec, barge_store::ObjectMeta)>,
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Every object under `src` mapped under `dst`. Folder markers (keys ending in `/`, the empty
+/// objects some tools write to show a folder) are passed over and reported, as are the entries
+/// the store itself passed over (local symlinks and special files).
 pub async fn list_prefix(
     src: &Location,
     dst: &Location,
     src_store: &dyn Store,
     filters: &Filters,
-) -> Result<Vec<(TransferSpec, barge_store::ObjectMeta)>> {
+) -> Result<Listed> {
     let src_dir = as_dir(&src.path.key);
     let dst_dir = as_dir(&dst.path.key);
     let policy = crate::retry::RetryPolicy::default();
@@ -206,19 +238,29 @@ pub async fn list_prefix(
     })
     .await
     .map_err(EngineError::Store)?;
-    let mut out = Vec::new();
-    for meta in listed {
+    let mut out = Listed {
+        files: Vec::new(),
+        skipped: listed.skipped,
+    };
+    for meta in listed.objects {
         let Some(rel) = meta.path.key.strip_prefix(&src_dir) else {
             continue;
         };
-        if rel.is_empty() || rel.ends_with('/') || !filters.accepts(rel) {
+        if !filters.accepts(rel) {
+            continue;
+        }
+        if rel.is_empty() || rel.ends_with('/') {
+            out.skipped.push(SkippedEntry {
+                path: src.with_key(meta.path.key.clone()).to_string(),
+                reason: "a folder marker (a key ending in '/'), not a file".into(),
+            });
             continue;
         }
         let spec = TransferSpec {
             src: src.with_key(meta.path.key.clone()),
             dst: dst.with_key(format!("{dst_dir}{rel}")),
         };
-        out.push((spec, meta));
+        out.files.push((spec, meta));
     }
     Ok(out)
 }
@@ -243,27 +285,6 @@ pub fn single(src: Location, dst: Location) -> TransferSpec {
         dst
     };
     TransferSpec { src, dst }
-}
-
-/// Refuse, before anything moves, two transfers writing the same destination and a transfer
-/// whose source is its own destination.
-pub fn check_unique(specs: &[TransferSpec]) -> Result<()> {
-    let mut seen = HashSet::new();
-    for s in specs {
-        if s.src == s.dst {
-            return Err(EngineError::Input(format!(
-                "{} is both the source and the destination of a transfer",
-                s.src
-            )));
-        }
-        if !seen.insert(&s.dst) {
-            return Err(EngineError::Input(format!(
-                "two transfers write the same destination {}: nothing was moved; give each file its own destination",
-                s.dst
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -328,27 +349,6 @@ mod tests {
         )
         .expect_err("empty bucket");
         assert!(e.to_string().contains("src_bucket is empty"), "{e}");
-    }
-
-    #[test]
-    fn duplicate_destinations_are_refused() {
-        let dup = r#"[
-          {"src_bucket": "a", "src_key": "x", "dest_bucket": "b", "dest_key": "same"},
-          {"src_bucket": "c", "src_key": "x", "dest_bucket": "b", "dest_key": "same"}
-        ]"#;
-        let specs = parse_manifest(dup, ManifestFormat::Json, "m", &conns()).expect("parse");
-        let e = check_unique(&specs).expect_err("duplicate");
-        assert!(
-            e.to_string().contains("same destination s3://b/same"),
-            "{e}"
-        );
-        // Same key in different buckets is fine.
-        let ok = r#"[
-          {"src_bucket": "a", "src_key": "x", "dest_bucket": "b1", "dest_key": "same"},
-          {"src_bucket": "c", "src_key": "x", "dest_bucket": "b2", "dest_key": "same"}
-        ]"#;
-        let specs = parse_manifest(ok, ManifestFormat::Json, "m", &conns()).expect("parse");
-        assert!(check_unique(&specs).is_ok());
     }
 
     #[test]

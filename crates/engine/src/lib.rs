@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod connections;
 mod error;
 pub mod finalize;
+pub mod identity;
 pub mod input;
 pub mod journal;
 pub mod location;

@@ -100,10 +100,12 @@ impl Location {
         Ok(Location::local(s))
     }
 
+    /// A local path as typed: made absolute, `.` and repeated `/` dropped, `..` taken (see
+    /// [`normalize_path`]), so that any such segment in a destination comes from a key.
     pub fn local(path: &str) -> Self {
-        let abs = std::path::absolute(path)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| path.to_string());
+        let abs = normalize_path(std::path::Path::new(path))
+            .to_string_lossy()
+            .into_owned();
         // Keep a trailing slash: it says "a folder".
         let abs = if path.ends_with('/') && !abs.ends_with('/') {
             format!("{abs}/")
@@ -123,6 +125,29 @@ impl Location {
             path: ObjectPath::new(self.path.bucket.clone(), key),
         }
     }
+}
+
+/// `path` made absolute, with `.` and repeated `/` dropped and each `..` taken physically where
+/// the folder before it exists (a symlinked folder's `..` is its target's parent, as the kernel
+/// reads it), lexically where it does not. Other symlinks are kept as spelled.
+pub fn normalize_path(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = std::path::PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => out.push(c.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if let Ok(real) = std::fs::canonicalize(&out) {
+                    out = real;
+                }
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -145,6 +170,12 @@ mod tests {
         assert!(l.is_local());
         assert_eq!(l.path.key, "/tmp/x");
         assert!(parse("./a:b").expect("dotted local").is_local());
+        assert_eq!(parse("//tmp/./x//y").expect("local").path.key, "/tmp/x/y");
+        assert_eq!(
+            parse("/a-missing-dir/b/../c").expect("local").path.key,
+            "/a-missing-dir/c"
+        );
+        assert_eq!(parse("/tmp/d/").expect("folder").path.key, "/tmp/d/");
         assert_eq!(parse("s3://b").expect("bucket only").path.key, "");
     }
 

@@ -111,7 +111,7 @@ pub fn part_size_for(size: u64, floor: u64, caps: &Capabilities) -> Result<u64> 
     let needed = size.div_ceil(u64::from(caps.max_parts.max(1)));
     let mut ps = floor.max(needed).max(caps.min_part_size).max(1);
     if ps % ROUND != 0 && ps > ROUND {
-        ps = ps.div_ceil(ROUND) * ROUND;
+        ps = ps.div_ceil(ROUND).saturating_mul(ROUND);
     }
     if ps > caps.max_part_size {
         // Rounding may have pushed past the cap where the exact size still fits.

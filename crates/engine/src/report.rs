@@ -45,6 +45,10 @@ pub enum Verification {
     /// A server-side copy answered with the pinned source's ETag (for an object written in one
     /// piece, the MD5 of its bytes): the store copied exactly that object.
     SourceEtag,
+    /// Both objects read back after the copy and their CRC32Cs compared: how a copy is proven
+    /// where the stores keep no checksum to compare, before its source is deleted, or where an
+    /// upload was found gone and the destination had to prove it is barge's copy.
+    ReadBack,
     /// Only the size could be checked: neither store keeps a checksum barge could compare with
     /// its own (none at all, or a composite of other part boundaries than barge's).
     SizeOnly,
@@ -91,6 +95,10 @@ pub struct Summary {
     pub bytes_per_second: f64,
     pub retries: u64,
     pub files: Vec<FileOutcome>,
+    /// Entries of a listed prefix that are not files barge copies (folder markers, local
+    /// symlinks and special files), each with why.
+    pub files_skipped: usize,
+    pub skipped: Vec<barge_store::SkippedEntry>,
 }
 
 impl Summary {
@@ -114,7 +122,16 @@ impl Summary {
             bytes_per_second: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
             retries,
             files,
+            files_skipped: 0,
+            skipped: Vec::new(),
         }
+    }
+
+    /// Report the entries a listing passed over.
+    pub fn with_skipped(mut self, skipped: Vec<barge_store::SkippedEntry>) -> Self {
+        self.files_skipped = skipped.len();
+        self.skipped = skipped;
+        self
     }
 
     /// Every file was moved and verified.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
 use crate::finalize::{Expected, verify_written};
-use crate::input::{TransferSpec, check_unique};
+use crate::input::TransferSpec;
 use crate::journal::batch::Completions;
 use crate::journal::{
     FileRecord, FileState, Journal, MemoryJournal, TransferRecord, TransferState,
@@ -129,7 +129,10 @@ impl Engine {
             opts.retry.clone(),
         ));
         Self {
-            large_files: tokio::sync::Semaphore::new(opts.concurrency.max(1)),
+            large_files: tokio::sync::Semaphore::new(
+                opts.concurrency
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             conns,
             opts,
             observer: Arc::new(Silent),
@@ -189,7 +192,10 @@ impl Engine {
         };
         // A small object the listing described needs no stat: its one GET brings the metadata,
         // or its server-side copy keeps the source's.
+        // Not when the source is to be deleted: a listing names no version, and the delete
+        // must name the exact version copied.
         if let Some(listed) = self.listing.get(&spec.src)
+            && !self.opts.delete_source
             && listed.etag.is_some()
             && !spec.src.is_local()
             && let Ok((
@@ -249,15 +255,34 @@ impl Engine {
     /// journal has one. Errors of single files are in the summary; an `Err` means the run as a
     /// whole was refused before anything moved.
     pub async fn run(&self, specs: Vec<TransferSpec>) -> Result<Summary> {
-        check_unique(&specs)?;
+        let resolver = crate::identity::Resolver::new(&self.conns, &specs).await;
+        let refused = crate::identity::check(&resolver, &specs, self.opts.delete_source)?;
+        let refused_outcome = |i: usize| {
+            refused[i]
+                .as_ref()
+                .map(|msg| failed_unplanned(i, &specs[i], &EngineError::Input(msg.clone())))
+        };
         let started = Instant::now();
         if self.opts.dry_run {
             let mut outcomes = Vec::new();
             let mut plans = Vec::new();
-            for (i, p) in self.plan(&specs).await.into_iter().enumerate() {
+            let planned = stream::iter(specs.iter().enumerate())
+                .map(|(i, s)| async move {
+                    match refused_outcome(i) {
+                        Some(o) => Err(o),
+                        None => self
+                            .plan_one(i, s)
+                            .await
+                            .map_err(|e| failed_unplanned(i, s, &e)),
+                    }
+                })
+                .buffered(64)
+                .collect::<Vec<_>>()
+                .await;
+            for p in planned {
                 match p {
                     Ok(plan) => plans.push(plan),
-                    Err(e) => outcomes.push(failed_unplanned(i, &specs[i], &e)),
+                    Err(o) => outcomes.push(o),
                 }
             }
             self.observer.planned(&plans);
@@ -326,6 +351,11 @@ impl Engine {
         let mut work = Vec::new();
         let mut to_plan = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
+            if let Some(o) = refused_outcome(i) {
+                self.observer.file_finished(&o);
+                outcomes.push(o);
+                continue;
+            }
             match known.get(&i) {
                 Some(r) if r.plan.src == spec.src && r.plan.dst == spec.dst => match r.state {
                     FileState::Completed => {
@@ -546,13 +576,23 @@ impl Engine {
         // journal that sends a resume looking for a source that is already deleted. Without a
         // source to delete, the record is queued and the file's slot freed at once (records are
         // written in batches; a lost one only means the file is copied again on resume).
-        let source_deleted = if self.opts.delete_source {
+        let (verified, source_deleted) = if self.opts.delete_source {
+            // Proven by a checksum first (a size-only check is not enough to delete on).
+            let verified = crate::finalize::prove_for_delete(
+                src.as_ref(),
+                dst.as_ref(),
+                plan,
+                verified,
+                &self.opts.retry,
+                &self.limits.stats,
+            )
+            .await?;
             done.completed(plan.id).await?;
             self.delete_source(plan, &src).await?;
-            true
+            (verified, true)
         } else {
             done.record(plan.id)?;
-            false
+            (verified, false)
         };
         Ok(Done {
             verified,
@@ -670,14 +710,40 @@ impl Engine {
             .journal
             .receipts(tid, plan.id, &upload.upload_id)
             .await?;
+        if !dst.capabilities().lists_parts {
+            // A file keeps no list of its parts, and a crash may have left a recorded range
+            // unwritten (receipts are recorded before the page cache reaches the disk): each
+            // recorded part is read back, and only those whose bytes match are kept.
+            let specs = plan.parts();
+            let recorded: Vec<_> = recorded
+                .into_iter()
+                .filter_map(|r| {
+                    let spec = *specs.get((r.number as usize).checked_sub(1)?)?;
+                    Some((spec, r))
+                })
+                .collect();
+            let what = format!("check of the parts written to {}", plan.dst);
+            let good = retry(&self.opts.retry, &self.limits.stats, &what, || {
+                dst.check_parts(upload, &recorded)
+            })
+            .await?;
+            if good.len() < recorded.len() {
+                tracing::warn!(
+                    "{}: {} of {} recorded parts do not hold their bytes; moving them again",
+                    plan.dst,
+                    recorded.len() - good.len(),
+                    recorded.len()
+                );
+            }
+            return Ok(Some(good.into_iter().collect()));
+        }
         let on_store: HashMap<u32, &PartReceipt> = listed.iter().map(|p| (p.number, p)).collect();
         let keep: HashSet<u32> = recorded
             .iter()
             .filter(|r| {
-                !dst.capabilities().lists_parts
-                    || on_store
-                        .get(&r.number)
-                        .is_some_and(|p| p.etag == r.etag && p.len == r.len)
+                on_store
+                    .get(&r.number)
+                    .is_some_and(|p| p.etag == r.etag && p.len == r.len)
             })
             .map(|r| r.number)
             .collect();
@@ -775,12 +841,28 @@ impl Engine {
                 ),
             });
         }
+        let exp = Expected::from_parts(plan.size, &receipts);
         let what = format!("completion of {}", plan.dst);
-        let written = retry(&self.opts.retry, &self.limits.stats, &what, || {
+        let written = match retry(&self.opts.retry, &self.limits.stats, &what, || {
             dst.complete_upload(upload, &receipts)
         })
-        .await?;
-        let exp = Expected::from_parts(plan.size, &receipts);
+        .await
+        {
+            Ok(w) => w,
+            // A completion whose answer was lost (its retry finds no upload), or an upload
+            // aborted by someone else: the destination says which.
+            Err(StoreError::NoSuchUpload { .. }) => {
+                return crate::finalize::settle_vanished_upload(
+                    dst.as_ref(),
+                    plan,
+                    &exp,
+                    &self.opts.retry,
+                    &self.limits.stats,
+                )
+                .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         verify_written(
             dst.as_ref(),
             Some(src.as_ref()),
@@ -808,17 +890,22 @@ impl Engine {
         }
     }
 
-    /// Delete exactly the planned source key (and version), after verification.
+    /// Delete exactly the planned source key and the version copied (never a version written
+    /// since), after verification.
     pub(crate) async fn delete_source(&self, plan: &FilePlan, src: &Arc<dyn Store>) -> Result<()> {
         let what = format!("delete of {}", plan.src);
         retry(&self.opts.retry, &self.limits.stats, &what, || {
-            src.delete(&plan.src.path, plan.pin.version_id.as_deref())
+            src.delete_pinned(&plan.src.path, &plan.pin)
         })
         .await
-        .map_err(|e: StoreError| {
-            EngineError::Input(format!(
+        .map_err(|e: StoreError| match e {
+            StoreError::SourceChanged { .. } => EngineError::Input(format!(
+                "copied and verified, but the source {} was rewritten since it was copied: it was kept (the copy holds the version read before)",
+                plan.src
+            )),
+            e => EngineError::Input(format!(
                 "copied and verified, but deleting the source failed: {e}"
-            ))
+            )),
         })
     }
 }

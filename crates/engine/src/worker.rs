@@ -41,10 +41,13 @@ pub struct Limits {
 impl Limits {
     /// `concurrency` parts and `objects` whole objects in flight, `max_memory` of their data.
     pub fn new(concurrency: usize, objects: usize, max_memory: u64, retry: RetryPolicy) -> Self {
-        let kib = (max_memory / 1024).clamp(1, u64::from(u32::MAX)) as usize;
+        // The budget and each request are counted alike, rounded up to whole KiB: a request no
+        // larger than the budget always fits (rounding the budget down once left a part of
+        // exactly the budget's size waiting for ever).
+        let kib = u64::from(Self::kib(max_memory)) as usize;
         Self {
-            requests: Semaphore::new(concurrency.max(1)),
-            objects: Semaphore::new(objects.max(1)),
+            requests: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
+            objects: Semaphore::new(objects.clamp(1, Semaphore::MAX_PERMITS)),
             memory_kib: Semaphore::new(kib),
             retry,
             stats: RetryStats::default(),

@@ -449,9 +449,9 @@ async fn a_listed_small_object_is_checked_against_its_sources_crc32c_as_it_is_re
     let listing = barge_engine::input::list_prefix(&src, &dst, a.as_ref(), &Default::default())
         .await
         .expect("list");
-    let specs: Vec<TransferSpec> = listing.iter().map(|(s, _)| s.clone()).collect();
+    let specs: Vec<TransferSpec> = listing.files.iter().map(|(s, _)| s.clone()).collect();
     let s = Engine::new(conns, opts())
-        .with_listing(listing)
+        .with_listing(listing.files)
         .run(specs)
         .await
         .expect("run");

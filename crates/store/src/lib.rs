@@ -85,6 +85,31 @@ pub struct ObjectMeta {
     pub crc32c: Option<String>,
 }
 
+/// What a listing found: the objects, and the entries under the prefix that are not objects
+/// barge copies (a local symlink or device, a temporary file of an unfinished download), each
+/// with why, so that nothing is left out without a word.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub objects: Vec<ObjectMeta>,
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// An entry a listing passed over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkippedEntry {
+    pub path: String,
+    pub reason: String,
+}
+
+impl From<Vec<ObjectMeta>> for Listing {
+    fn from(objects: Vec<ObjectMeta>) -> Self {
+        Self {
+            objects,
+            skipped: Vec::new(),
+        }
+    }
+}
+
 /// The version of a source that a transfer planned with. Every read is pinned to it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pin {
@@ -201,6 +226,21 @@ impl Capabilities {
     }
 }
 
+/// Where a store's objects live: what tells two spellings of one object apart. Two connections
+/// with equal endpoints (after the engine resolves host names) reach the same objects, whatever
+/// their names or credentials.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// The local file system: a key is a path.
+    Local,
+    /// AWS S3 itself: bucket names are global.
+    Aws,
+    /// A service at `scheme://host[:port]`, as the connection names it.
+    Url(String),
+    /// Objects only this store instance holds (in-process stores).
+    Instance(String),
+}
+
 /// What every backend implements. Small on purpose: a new backend is one folder and one impl.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
@@ -213,10 +253,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// other server-side. `None` means never.
     fn service_identity(&self) -> Option<&str>;
 
+    /// Where this store's objects live (see [`Endpoint`]).
+    fn endpoint(&self) -> Endpoint;
+
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta>;
 
-    /// Every object under `prefix` in `bucket` (for the local store: every file under a folder).
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Every object under `prefix` in `bucket` (for the local store: every file under a folder),
+    /// and what was passed over.
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Listing>;
 
     /// Bytes `[offset, offset + len)` of the object, failing with [`StoreError::SourceChanged`]
     /// when the object no longer matches `pin`.
@@ -351,9 +395,39 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The parts the store holds for an upload.
     async fn list_parts(&self, upload: &UploadRef) -> Result<Vec<PartReceipt>>;
 
+    /// The numbers of `parts` whose bytes the upload still holds as their receipts say. A store
+    /// that lists parts (`lists_parts`) keeps its own record, checked with `list_parts`; one that
+    /// does not (a file, where a crash can leave a recorded range unwritten) reads each part
+    /// back and compares its CRC32C. The default takes the receipts as they are.
+    async fn check_parts(
+        &self,
+        _upload: &UploadRef,
+        parts: &[(PartSpec, PartReceipt)],
+    ) -> Result<Vec<u32>> {
+        Ok(parts.iter().map(|(_, r)| r.number).collect())
+    }
+
     /// Open multipart uploads under a prefix.
     async fn list_uploads(&self, bucket: &str, prefix: &str) -> Result<Vec<PendingUpload>>;
 
     /// Delete exactly one key (and version, when given). Never a prefix.
     async fn delete(&self, path: &ObjectPath, version_id: Option<&str>) -> Result<()>;
+
+    /// Delete exactly the object `pin` names, and nothing that replaced it: by its version id
+    /// where it has one; else only while the key still holds the pinned ETag (checked first,
+    /// and sent as a condition of the delete where the store takes one). A key rewritten since
+    /// fails with [`StoreError::SourceChanged`] and is left as it is.
+    async fn delete_pinned(&self, path: &ObjectPath, pin: &Pin) -> Result<()> {
+        if let Some(v) = pin.version_id.as_deref().filter(|v| !v.is_empty()) {
+            return self.delete(path, Some(v)).await;
+        }
+        let now = self.head(path).await?;
+        if pin.etag.is_none() || now.etag != pin.etag {
+            return Err(StoreError::SourceChanged {
+                store: self.name().to_string(),
+                path: path.to_string(),
+            });
+        }
+        self.delete(path, None).await
+    }
 }

@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
-use crate::finalize::{Expected, verify, verify_written};
-use crate::input::{TransferSpec, check_unique};
+use crate::finalize::{Expected, prove_for_delete, settle_vanished_upload, verify_written};
+use crate::input::TransferSpec;
 use crate::journal::queue::{Task, TaskKind};
 use crate::journal::{FileRecord, FileState, Journal, SqlJournal, TransferRecord, TransferState};
+use crate::location::ConnRef;
 use crate::plan::{FilePlan, PlanOptions};
 use crate::report::{FileOutcome, Status, Summary, Verification};
 use crate::retry::{RetryPolicy, retry};
@@ -38,6 +39,10 @@ pub use metrics::Metrics;
 /// A task claimed more often than this without finishing fails its file: some worker keeps
 /// dying on it, and its log says why.
 const MAX_CLAIMS: u32 = 10;
+
+/// The most parts any store takes in one upload (local files; S3 takes 10,000): a journal row
+/// planning more was not written by barge.
+const MAX_PLANNED_PARTS: u32 = 1_000_000;
 
 /// What one `submit` asks for beyond the files.
 #[derive(Clone, Debug, Default)]
@@ -51,24 +56,26 @@ pub struct SubmitOptions {
 /// Record a transfer for workers and return its id at once: planning (a stat per source, part
 /// sizes, starting uploads) is itself work that workers pick up.
 pub async fn submit(
+    conns: &Connections,
     journal: &SqlJournal,
     specs: Vec<TransferSpec>,
     opts: &SubmitOptions,
 ) -> Result<String> {
-    check_unique(&specs)?;
     if specs.is_empty() {
         return Err(EngineError::Input("nothing to submit: no files".into()));
     }
+    let resolver = crate::identity::Resolver::new(conns, &specs).await;
     if let Some(local) = specs
         .iter()
         .flat_map(|s| [&s.src, &s.dst])
-        .find(|l| l.is_local())
+        .find(|l| resolver.is_local(l))
     {
         return Err(EngineError::Input(format!(
             "{local} is a local path: workers on other machines cannot reach it; submit \
              s3:// or NAME: locations, or copy local files with `barge cp` and a SQLite journal"
         )));
     }
+    crate::identity::check(&resolver, &specs, opts.delete_source)?;
     let id = new_id();
     let request = TransferRequest {
         transfers: specs,
@@ -114,6 +121,10 @@ pub struct WorkerOptions {
     pub retry: RetryPolicy,
     /// How long to wait for an unreachable journal before giving up.
     pub journal_wait: Duration,
+    /// Work on files of the local file system that journal rows name. Off unless asked for:
+    /// anyone who can write the shared journal could otherwise make a worker read, upload and
+    /// delete files on its own disk.
+    pub allow_local: bool,
 }
 
 impl Default for WorkerOptions {
@@ -127,6 +138,7 @@ impl Default for WorkerOptions {
             lease: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             journal_wait: Duration::from_secs(600),
+            allow_local: false,
         }
     }
 }
@@ -511,6 +523,72 @@ impl Worker {
             })
     }
 
+    /// A row of the shared journal, checked before this worker acts on it: it may name only
+    /// connections of this worker's own config, local files only when this worker was started
+    /// with `--allow-local`, and (once planned) part sizes, counts and numbers that agree and
+    /// are in range. Why it cannot be worked on, if it cannot.
+    fn check_row(&self, rec: &FileRecord, task: &Task) -> std::result::Result<(), String> {
+        let plan = &rec.plan;
+        for (side, loc) in [("source", &plan.src), ("destination", &plan.dst)] {
+            if let ConnRef::Named(n) = &loc.conn
+                && !self.conns.is_configured(n)
+            {
+                return Err(format!(
+                    "the journal names the connection '{n}' for the {side} {loc}, which this worker's config does not have; not worked on"
+                ));
+            }
+            if self.conns.is_local(&loc.conn) {
+                if !self.opts.allow_local {
+                    return Err(format!(
+                        "the journal names a local {side} ({loc}): this worker reads and writes no local files (start it with --allow-local to allow them); not worked on"
+                    ));
+                }
+                if side == "destination"
+                    && let Some(why) =
+                        crate::identity::local_key_problem(loc.path.key.trim_start_matches('/'))
+                {
+                    return Err(format!(
+                        "{loc} cannot be written: {why}; nothing was written"
+                    ));
+                }
+            }
+        }
+        if task.kind != TaskKind::Plan {
+            let bad = |why: &str| {
+                Err(format!(
+                    "the journal's plan of {} is not one barge makes ({why}: {} bytes, parts of {}, {} parts); not worked on",
+                    plan.dst, plan.size, plan.part_size, plan.part_count
+                ))
+            };
+            if !plan.strategy.is_multipart() {
+                return bad("not a multipart strategy");
+            }
+            if plan.part_size == 0
+                || plan.part_count == 0
+                || plan.part_count > MAX_PLANNED_PARTS
+                || plan.size.div_ceil(plan.part_size) != u64::from(plan.part_count)
+            {
+                return bad("size, part size and part count disagree");
+            }
+            if task.kind == TaskKind::Part && !(1..=plan.part_count).contains(&task.number) {
+                return bad(&format!("part {} is outside it", task.number));
+            }
+        }
+        Ok(())
+    }
+
+    /// A row `check_row` refused: its file fails with the reason (one already settled is only
+    /// left alone); nothing it names is touched.
+    async fn refuse_row(&self, task: &Task, rec: &FileRecord, msg: &str) -> Result<()> {
+        if matches!(rec.state, FileState::Completed | FileState::Failed) {
+            tracing::error!("{msg}");
+            self.db(|| self.journal.task_done(task, &self.opts.id))
+                .await?;
+            return Ok(());
+        }
+        self.fail(task, rec, None, msg).await
+    }
+
     async fn stores(&self, plan: &FilePlan) -> Result<(Arc<dyn Store>, Arc<dyn Store>)> {
         Ok((
             self.conns.get(&plan.src.conn).await?,
@@ -521,6 +599,9 @@ impl Worker {
     async fn plan_task(&self, task: &Task) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
+        if let Err(msg) = self.check_row(&rec, task) {
+            return self.refuse_row(task, &rec, &msg).await;
+        }
         if matches!(rec.state, FileState::Completed | FileState::Failed) {
             self.db(|| self.journal.task_done(task, &self.opts.id))
                 .await?;
@@ -548,11 +629,11 @@ impl Worker {
         };
         if !plan.strategy.is_multipart() {
             return match ctx.engine.move_whole_verified(&plan, &src, &dst).await {
-                Ok(_) => {
+                Ok(v) => {
                     if !plan.strategy.is_server_side() {
                         self.metrics.bytes_moved.inc_by(plan.size);
                     }
-                    self.completed(task, &ctx, &plan, &src).await
+                    self.completed(task, &ctx, &plan, &src, &dst, v).await
                 }
                 Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
             };
@@ -594,6 +675,9 @@ impl Worker {
     async fn part_task(&self, task: &Task) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
+        if let Err(msg) = self.check_row(&rec, task) {
+            return self.refuse_row(task, &rec, &msg).await;
+        }
         let (Some(upload_id), FileState::Uploading) = (&rec.upload_id, rec.state) else {
             // The file failed, was aborted or was re-planned meanwhile: nothing to do.
             self.db(|| self.journal.task_done(task, &self.opts.id))
@@ -610,7 +694,10 @@ impl Worker {
                 .fail(task, &rec, Some(&upload), &too_many_claims(task))
                 .await;
         }
-        let Some(part) = plan.parts().get(task.number as usize - 1).copied() else {
+        let Some(part) = (task.number as usize)
+            .checked_sub(1)
+            .and_then(|i| plan.parts().get(i).copied())
+        else {
             return Err(EngineError::Journal(format!(
                 "part {} of file {} of transfer {} is outside its plan",
                 task.number, task.file, task.transfer
@@ -653,11 +740,17 @@ impl Worker {
     async fn finalize_task(&self, task: &Task) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
+        if let Err(msg) = self.check_row(&rec, task) {
+            return self.refuse_row(task, &rec, &msg).await;
+        }
         let plan = &rec.plan;
         let (src, dst) = self.stores(plan).await?;
         if rec.state == FileState::Completed {
-            // An earlier finalizer recorded the completion and stopped before the rest.
-            return self.completed(task, &ctx, plan, &src).await;
+            // An earlier finalizer recorded the completion and stopped before the rest: how it
+            // verified is not recorded, so a source to delete is proven again.
+            return self
+                .completed(task, &ctx, plan, &src, &dst, Verification::NotVerified)
+                .await;
         }
         let (Some(upload_id), FileState::Uploading) = (&rec.upload_id, rec.state) else {
             self.db(|| self.journal.task_done(task, &self.opts.id))
@@ -681,10 +774,9 @@ impl Worker {
             Ok(l) => l,
             Err(StoreError::NoSuchUpload { .. } | StoreError::NotFound { .. }) => {
                 // Completed by a finalizer that stopped before recording it, or aborted: the
-                // destination itself says which.
-                return match verify(
+                // destination itself says which (the same rule as a one-machine run's).
+                return match settle_vanished_upload(
                     dst.as_ref(),
-                    Some(src.as_ref()),
                     plan,
                     &exp,
                     &self.opts.retry,
@@ -692,11 +784,8 @@ impl Worker {
                 )
                 .await
                 {
-                    Ok(_) => self.completed(task, &ctx, plan, &src).await,
-                    Err(e) => {
-                        let msg = format!("the upload is gone from the store: {e}");
-                        self.fail(task, &rec, None, &msg).await
-                    }
+                    Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
+                    Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
                 };
             }
             Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
@@ -720,6 +809,20 @@ impl Worker {
         .await
         {
             Ok(w) => w,
+            Err(StoreError::NoSuchUpload { .. }) => {
+                return match settle_vanished_upload(
+                    dst.as_ref(),
+                    plan,
+                    &exp,
+                    &self.opts.retry,
+                    &self.limits.stats,
+                )
+                .await
+                {
+                    Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
+                    Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
+                };
+            }
             Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
         };
         match verify_written(
@@ -733,26 +836,41 @@ impl Worker {
         )
         .await
         {
-            Ok(_) => self.completed(task, &ctx, plan, &src).await,
+            Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
             Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
         }
     }
 
-    /// A verified file: recorded as completed before its source may go.
+    /// A verified file: recorded as completed before its source may go, and the source deleted
+    /// only once the copy is proven by a checksum (`prove_for_delete`).
     async fn completed(
         &self,
         task: &Task,
         ctx: &TransferCtx,
         plan: &FilePlan,
         src: &Arc<dyn Store>,
+        dst: &Arc<dyn Store>,
+        verified: Verification,
     ) -> Result<()> {
         self.db(|| {
             self.journal
                 .file_state(&task.transfer, task.file, FileState::Completed, None)
         })
         .await?;
+        let delete = async {
+            prove_for_delete(
+                src.as_ref(),
+                dst.as_ref(),
+                plan,
+                verified,
+                &self.opts.retry,
+                &self.limits.stats,
+            )
+            .await?;
+            ctx.engine.delete_source(plan, src).await
+        };
         if ctx.request.delete_source
-            && let Err(e) = ctx.engine.delete_source(plan, src).await
+            && let Err(e) = delete.await
         {
             let msg = e.to_string();
             tracing::error!("{}: {msg}", plan.src);

@@ -101,6 +101,9 @@ pub struct SqlJournal {
     pub(super) pg: bool,
     /// What to call it in messages: the file path, or the URL without its password.
     shown: String,
+    /// The URL's password in each spelling, scrubbed from every message (never printed: the
+    /// `Debug` below shows `shown` only).
+    secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for SqlJournal {
@@ -118,18 +121,125 @@ pub fn default_path() -> PathBuf {
         .join("journal.sqlite")
 }
 
-/// A PostgreSQL URL with its password replaced, for messages.
+/// A PostgreSQL URL as messages show it: user, host, port and database. Never a password,
+/// however it was written (userinfo, with `@` or `%40` in it, or a `password=` / `sslpassword=`
+/// parameter), and no parameter at all. Read with the `url` crate, not the driver's parser,
+/// which logs unknown parameters with their values.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let user = percent_encoding::percent_decode_str(u.username()).decode_utf8_lossy();
+            let user = if user.is_empty() {
+                String::new()
+            } else {
+                format!("{user}@")
+            };
+            format!(
+                "postgres://{user}{}:{}{}",
+                u.host_str().unwrap_or("localhost"),
+                u.port().unwrap_or(5432),
+                u.path()
+            )
         }
-        None => url.to_string(),
+        Err(_) => "postgres://(a URL barge cannot read)".into(),
     }
+}
+
+/// Every spelling of a password a PostgreSQL URL may carry (raw and percent-decoded, from the
+/// userinfo whichever `@` ends it, and from any parameter whose name says password), for
+/// scrubbing messages that might repeat one.
+fn url_secrets(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut add = |v: &str| {
+        for s in [
+            v.to_string(),
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned(),
+        ] {
+            if !s.is_empty() && !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    };
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    for (at, _) in rest.match_indices('@') {
+        if let Some((_, pass)) = rest[..at].split_once(':') {
+            add(pass);
+        }
+    }
+    // Every '?' may start the query: a password may hold one itself.
+    for (q, _) in rest.match_indices('?') {
+        for pair in rest[q + 1..].split('&') {
+            if let Some((k, v)) = pair.split_once('=')
+                && k.to_ascii_lowercase().contains("pass")
+            {
+                add(v);
+            }
+        }
+    }
+    // Longest first, so a password that contains another is replaced whole.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// The parameters PostgreSQL's driver reads from a URL. It logs any other with its value (at
+/// warning level), which for a parameter like `sslpassword` would print a secret.
+const PG_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The URL handed to the driver: only the parameters it reads. Each one dropped is named (never
+/// its value) in a warning.
+fn driver_url(spec: &str) -> Result<String> {
+    let mut url = url::Url::parse(spec).map_err(|e| {
+        EngineError::Journal(format!(
+            "the journal URL {} is not a PostgreSQL URL ({e}): write postgres://USER@HOST:PORT/DB",
+            redact(spec)
+        ))
+    })?;
+    type Pairs = Vec<(String, String)>;
+    let (kept, dropped): (Pairs, Pairs) = url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| PG_PARAMS.contains(&k.as_str()) || k.starts_with("options["));
+    for (k, _) in &dropped {
+        tracing::warn!("the journal URL's parameter '{k}' is not supported; ignored");
+    }
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok(url.into())
+}
+
+/// `msg` with every secret replaced by `***`.
+fn scrub(msg: String, secrets: &[String]) -> String {
+    secrets.iter().fold(msg, |m, s| {
+        if m.contains(s.as_str()) {
+            m.replace(s.as_str(), "***")
+        } else {
+            m
+        }
+    })
 }
 
 impl SqlJournal {
@@ -138,8 +248,9 @@ impl SqlJournal {
     pub async fn open(spec: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let is_pg = spec.starts_with("postgres://") || spec.starts_with("postgresql://");
+        let secrets = if is_pg { url_secrets(spec) } else { Vec::new() };
         let (url, shown) = if is_pg {
-            (spec.to_string(), redact(spec))
+            (driver_url(spec)?, redact(spec))
         } else {
             let path = Path::new(spec.strip_prefix("sqlite://").unwrap_or(spec));
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -178,14 +289,18 @@ impl SqlJournal {
             .connect(&url)
             .await
             .map_err(|e| {
-                EngineError::Journal(format!(
-                    "cannot open the journal {shown}: {e} (choose another with --journal PATH)"
+                EngineError::Journal(scrub(
+                    format!(
+                        "cannot open the journal {shown}: {e} (choose another with --journal PATH)"
+                    ),
+                    &secrets,
                 ))
             })?;
         let j = Self {
             pool,
             pg: is_pg,
             shown,
+            secrets,
         };
         // On PostgreSQL the schema is created only when some of it is missing: `CREATE INDEX IF
         // NOT EXISTS` takes a SHARE lock on its table even when the index exists, held to the end
@@ -309,7 +424,7 @@ impl SqlJournal {
     }
 
     pub(super) fn err(&self, e: sqlx::Error) -> EngineError {
-        let msg = format!("journal {}: {e}", self.shown);
+        let msg = scrub(format!("journal {}: {e}", self.shown), &self.secrets);
         if unavailable(&e) {
             EngineError::JournalUnavailable(msg)
         } else {
@@ -733,11 +848,33 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
+        for (url, secret) in [
+            ("postgres://barge:hunter2@db:5432/j", "hunter2"),
+            ("postgres://u:p@ss@db/j", "p@ss"),
+            ("postgres://u:p%40ss@db/j", "p@ss"),
+            (
+                "postgresql://barge@db/j?password=s3cr3t&sslmode=disable",
+                "s3cr3t",
+            ),
+            ("postgres://barge@db/j?sslpassword=k3yp4ss", "k3yp4ss"),
+            ("postgres://barge@db/j?password=a%26b%3Fc", "a&b?c"),
+        ] {
+            let shown = redact(url);
+            assert!(!shown.contains(secret), "{url} -> {shown}");
+            assert!(
+                shown.starts_with("postgres://") && shown.contains("@db:"),
+                "{shown}"
+            );
+            let secrets = url_secrets(url);
+            let msg = scrub(format!("failed at {url}, password {secret}"), &secrets);
+            assert!(!msg.contains(secret), "{url}: {msg}");
+            assert!(!msg.contains(&secret.replace('@', "%40")), "{url}: {msg}");
+        }
         assert_eq!(
-            redact("postgres://barge:hunter2@db:5432/j"),
-            "postgres://barge:***@db:5432/j"
+            redact("postgres://barge:x@db:5432/j"),
+            "postgres://barge@db:5432/j"
         );
-        assert_eq!(redact("postgres://db/j"), "postgres://db/j");
+        assert_eq!(redact("postgres://db/j"), "postgres://db:5432/j");
     }
 
     /// Completions of any count (padded id lists, lists over one statement's 512) mark exactly

@@ -84,19 +84,41 @@ fn checked_crc(
     Ok(crc)
 }
 
+/// A temporary name is the destination's name, the upload id and a suffix; a name too long to
+/// take them (file systems allow 255 bytes) is cut short and marked with `~`, so a legal name
+/// always has a legal temporary name. Cut or not, the same destination and id give the same
+/// temporary name, and so does what `parse_tmp` reads back from it.
+const NAME_MAX: usize = 255;
+
+fn tmp_name(name: &str, upload_id: &str) -> String {
+    let room = NAME_MAX.saturating_sub(2 + upload_id.len() + TMP_SUFFIX.len());
+    if name.len() <= room {
+        return format!(".{name}.{upload_id}{TMP_SUFFIX}");
+    }
+    let mut cut = room.saturating_sub(1);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}~.{upload_id}{TMP_SUFFIX}", &name[..cut])
+}
+
 fn tmp_path(dest: &Path, upload_id: &str) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.{upload_id}{TMP_SUFFIX}"))
+    dest.with_file_name(tmp_name(&name, upload_id))
 }
 
-/// The destination a temporary file belongs to, and its upload id.
+/// The destination a temporary file belongs to (its name cut short where `tmp_name` cut it),
+/// and its upload id. Only barge's own names: a dot, a name, a 32-digit hex id, the suffix.
 fn parse_tmp(tmp: &Path) -> Option<(PathBuf, String)> {
     let name = tmp.file_name()?.to_str()?;
     let inner = name.strip_prefix('.')?.strip_suffix(TMP_SUFFIX)?;
     let (dest_name, id) = inner.rsplit_once('.')?;
+    if dest_name.is_empty() || id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     Some((tmp.with_file_name(dest_name), id.to_string()))
 }
 
@@ -137,20 +159,37 @@ fn meta_of(key: &str, md: &fs::Metadata) -> ObjectMeta {
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<()> {
+/// Regular files are listed; symlinks, devices, sockets and pipes are passed over and reported
+/// (a symlink may lead out of the folder or round in a loop: copy its target by naming it), and
+/// so are barge's own temporary files of unfinished downloads.
+fn walk(dir: &Path, out: &mut crate::Listing) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let ft = entry.file_type()?;
         let p = entry.path();
+        let shown = p.to_string_lossy().into_owned();
+        let skip = |out: &mut crate::Listing, reason: &str| {
+            out.skipped.push(crate::SkippedEntry {
+                path: shown.clone(),
+                reason: reason.into(),
+            })
+        };
         if ft.is_dir() {
             walk(&p, out)?;
         } else if ft.is_file() {
-            let name = entry.file_name();
-            if name.to_string_lossy().ends_with(TMP_SUFFIX) {
+            if parse_tmp(&p).is_some() {
+                skip(out, "a temporary file of an unfinished barge download");
                 continue;
             }
             let md = entry.metadata()?;
-            out.push(meta_of(&p.to_string_lossy(), &md));
+            out.objects.push(meta_of(&shown, &md));
+        } else if ft.is_symlink() {
+            skip(
+                out,
+                "a symbolic link (not followed: name its target to copy it)",
+            );
+        } else {
+            skip(out, "not a regular file (a device, socket or pipe)");
         }
     }
     Ok(())
@@ -330,6 +369,10 @@ impl Store for LocalStore {
         None
     }
 
+    fn endpoint(&self) -> crate::Endpoint {
+        crate::Endpoint::Local
+    }
+
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
         let key = path.key.clone();
         blocking(move || {
@@ -346,21 +389,21 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn list(&self, _bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    async fn list(&self, _bucket: &str, prefix: &str) -> Result<crate::Listing> {
         let prefix = prefix.to_string();
         blocking(move || {
-            let mut out = Vec::new();
+            let mut out = crate::Listing::default();
             let p = Path::new(&prefix);
             match fs::metadata(p) {
                 Ok(md) if md.is_dir() => walk(p, &mut out).map_err(|e| io_err(&prefix, e))?,
-                Ok(md) if md.is_file() => out.push(meta_of(&prefix, &md)),
+                Ok(md) if md.is_file() => out.objects.push(meta_of(&prefix, &md)),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(not_found(&prefix));
                 }
                 Err(e) => return Err(StoreError::io(&prefix, e)),
             }
-            out.sort_by(|a, b| a.path.key.cmp(&b.path.key));
+            out.objects.sort_by(|a, b| a.path.key.cmp(&b.path.key));
             Ok(out)
         })
         .await
@@ -649,6 +692,51 @@ impl Store for LocalStore {
         }
     }
 
+    async fn check_parts(
+        &self,
+        upload: &UploadRef,
+        parts: &[(PartSpec, PartReceipt)],
+    ) -> Result<Vec<u32>> {
+        let tmp = tmp_path(Path::new(&upload.path.key), &upload.upload_id);
+        let parts = parts.to_vec();
+        let upload = upload.clone();
+        blocking(move || {
+            let f = File::open(&tmp).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::NoSuchUpload {
+                    store: "local".into(),
+                    path: upload.path.key.clone(),
+                    upload_id: upload.upload_id.clone(),
+                },
+                _ => StoreError::io(&upload.path.key, e),
+            })?;
+            let mut good = Vec::new();
+            let mut buf = vec![0u8; 1 << 20];
+            'parts: for (spec, receipt) in parts {
+                let Some(want) = receipt.crc32c.as_deref() else {
+                    continue;
+                };
+                if receipt.len != spec.len {
+                    continue;
+                }
+                let mut crc = 0;
+                let mut done = 0u64;
+                while done < spec.len {
+                    let n = (spec.len - done).min(buf.len() as u64) as usize;
+                    if f.read_exact_at(&mut buf[..n], spec.offset + done).is_err() {
+                        continue 'parts;
+                    }
+                    crc = crate::checksum::crc32c_append(crc, &buf[..n]);
+                    done += n as u64;
+                }
+                if crate::checksum::same_checksum(want, &crc32c_b64(crc)) {
+                    good.push(spec.number);
+                }
+            }
+            Ok(good)
+        })
+        .await
+    }
+
     async fn list_uploads(&self, _bucket: &str, prefix: &str) -> Result<Vec<PendingUpload>> {
         let prefix = prefix.to_string();
         blocking(move || {
@@ -877,9 +965,31 @@ mod tests {
     #[test]
     fn tmp_names_round_trip() {
         let dest = Path::new("/data/out/file.bin");
-        let tmp = tmp_path(dest, "abc123");
-        assert_eq!(tmp, Path::new("/data/out/.file.bin.abc123.barge-tmp"));
-        assert_eq!(parse_tmp(&tmp), Some((dest.to_path_buf(), "abc123".into())));
+        let id = "abc123abc123abc123abc123abc123ab";
+        let tmp = tmp_path(dest, id);
+        assert_eq!(
+            tmp,
+            Path::new("/data/out/.file.bin.abc123abc123abc123abc123abc123ab.barge-tmp")
+        );
+        assert_eq!(parse_tmp(&tmp), Some((dest.to_path_buf(), id.into())));
         assert_eq!(parse_tmp(Path::new("/data/out/file.bin")), None);
+        // A user's own file that only ends like a temporary one is not barge's.
+        assert_eq!(parse_tmp(Path::new("/data/out/notes.barge-tmp")), None);
+        assert_eq!(parse_tmp(Path::new("/data/out/.a.b.barge-tmp")), None);
+        // Names up to 255 bytes keep a temporary name within 255 bytes, and cleanup's reading
+        // of it gives back the same temporary name.
+        let id = "0123456789abcdef0123456789abcdef";
+        for len in [1, 200, 211, 212, 254, 255] {
+            for ch in ["a", "é"] {
+                let name: String = ch.repeat(len / ch.len());
+                let dest = Path::new("/data/out").join(&name);
+                let tmp = tmp_path(&dest, id);
+                let tmp_name = tmp.file_name().expect("name").len();
+                assert!(tmp_name <= 255, "{len}: {tmp_name}");
+                let (back, back_id) = parse_tmp(&tmp).expect("parses");
+                assert_eq!(back_id, id);
+                assert_eq!(tmp_path(&back, id), tmp, "{len}");
+            }
+        }
     }
 }

@@ -85,6 +85,19 @@ pub struct MemoryStore {
     pub puts: InFlight,
     /// Part uploads under way.
     pub part_uploads: InFlight,
+    /// What the next `complete_upload` does wrong (test set-up).
+    pub completion_fault: Mutex<Option<CompletionFault>>,
+}
+
+/// A fault of the next completion, for the engine's rules on vanished uploads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionFault {
+    /// The object is completed, but the answer is lost (a 503 instead): the retry then finds
+    /// no upload.
+    LoseAnswer,
+    /// Someone else aborts the upload just before the completion (`barge cleanup`, a
+    /// lifecycle rule).
+    AbortedElsewhere,
 }
 
 impl MemoryStore {
@@ -104,6 +117,7 @@ impl MemoryStore {
             upload_time: Duration::ZERO,
             puts: InFlight::default(),
             part_uploads: InFlight::default(),
+            completion_fault: Mutex::new(None),
         }
     }
 
@@ -280,6 +294,10 @@ impl Store for MemoryStore {
         Some(&self.identity)
     }
 
+    fn endpoint(&self) -> crate::Endpoint {
+        crate::Endpoint::Instance(self.identity.clone())
+    }
+
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
         let st = self.lock();
         let bucket = st
@@ -301,7 +319,7 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<crate::Listing> {
         let st = self.lock();
         let b = st
             .buckets
@@ -318,7 +336,8 @@ impl Store for MemoryStore {
                 attrs: ObjectAttrs::default(),
                 crc32c: None,
             })
-            .collect())
+            .collect::<Vec<_>>()
+            .into())
     }
 
     async fn get_range(
@@ -487,6 +506,14 @@ impl Store for MemoryStore {
         parts: &[PartReceipt],
     ) -> Result<PutReceipt> {
         self.maybe_fail("CompleteMultipartUpload")?;
+        let fault = self
+            .completion_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if fault == Some(CompletionFault::AbortedElsewhere) {
+            self.lock().uploads.remove(&upload.upload_id);
+        }
         let mut st = self.lock();
         let up = st
             .uploads
@@ -539,6 +566,13 @@ impl Store for MemoryStore {
             .entry(up.path.bucket.clone())
             .or_default()
             .insert(up.path.key.clone(), obj);
+        if fault == Some(CompletionFault::LoseAnswer) {
+            return Err(StoreError::Transient {
+                store: self.name.clone(),
+                op: "CompleteMultipartUpload".into(),
+                detail: "the answer was lost (injected)".into(),
+            });
+        }
         Ok(PutReceipt {
             etag: Some(etag),
             version_id: None,

@@ -39,6 +39,7 @@ pub struct S3Store {
     client: Client,
     caps: Capabilities,
     identity: Option<String>,
+    endpoint: crate::Endpoint,
     checksum: ChecksumMode,
     /// Whole small objects without the SDK's per-request machinery (plain HTTP endpoints).
     lean: Option<lean::Lean>,
@@ -109,6 +110,39 @@ macro_rules! object_meta {
     };
 }
 
+/// A key from a listing sent with `encoding-type=url`: percent-escapes decoded, `+` a space (as
+/// S3 encodes it, and as the AWS CLI and boto3 decode it).
+fn url_decode_key(raw: &str) -> Option<String> {
+    let plus_as_space = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8()
+        .ok()
+        .map(|k| k.into_owned())
+}
+
+/// Whether an answer to a ranged GET holds the range asked for: a `Content-Range` of exactly
+/// `bytes OFFSET-LAST/TOTAL`, or (a server that ignores ranges) none, for a read from the start
+/// whose length is the body's. What is wrong, if it is not.
+pub(crate) fn range_answer_problem(
+    content_range: Option<&str>,
+    offset: u64,
+    len: u64,
+) -> Option<String> {
+    let Some(got) = content_range else {
+        return (offset != 0).then(|| {
+            format!("the answer to a read of bytes {offset}+{len} names no Content-Range")
+        });
+    };
+    let last = offset.saturating_add(len).saturating_sub(1);
+    let want = format!("bytes {offset}-{last}/");
+    match got.trim().strip_prefix(&want) {
+        Some(total) if total == "*" || total.parse::<u64>().is_ok_and(|t| t > last) => None,
+        _ => Some(format!(
+            "the answer's Content-Range is {got:?} where bytes {offset}-{last} were asked"
+        )),
+    }
+}
+
 fn range_header(offset: u64, len: u64) -> String {
     format!("bytes={}-{}", offset, offset + len - 1)
 }
@@ -148,11 +182,16 @@ impl S3Store {
         if let Some(max) = cfg.max_object_size {
             caps.max_object_size = Some(max);
         }
+        let endpoint = match &cfg.endpoint {
+            Some(url) => crate::Endpoint::Url(url.clone()),
+            None => crate::Endpoint::Aws,
+        };
         Ok(Self {
             name: cfg.name,
             client,
             caps,
             identity,
+            endpoint,
             checksum: cfg.checksum,
             lean,
         })
@@ -225,6 +264,10 @@ impl Store for S3Store {
         self.identity.as_deref()
     }
 
+    fn endpoint(&self) -> crate::Endpoint {
+        self.endpoint.clone()
+    }
+
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
         let out = self
             .client
@@ -261,20 +304,36 @@ impl Store for S3Store {
         Ok(object_meta!(out, path))
     }
 
-    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<crate::Listing> {
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
+            // Keys come back URL-encoded: a key with a character XML 1.0 cannot carry (a
+            // control character) would otherwise break the whole listing.
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .into_paginator()
             .send();
         let mut out = Vec::new();
         let at = ObjectPath::new(bucket, prefix);
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.err("ListObjectsV2", &at, e))?;
+            // A server that ignored the request sends keys as they are.
+            let encoded = page.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
             for o in page.contents() {
-                let Some(key) = o.key() else { continue };
+                let Some(raw) = o.key() else { continue };
+                let key = if encoded {
+                    url_decode_key(raw).ok_or_else(|| StoreError::Permanent {
+                        store: self.name.clone(),
+                        op: "ListObjectsV2".into(),
+                        detail: format!(
+                            "the listing of {at} holds a key that is not valid URL-encoded UTF-8: {raw:?}"
+                        ),
+                    })?
+                } else {
+                    raw.to_string()
+                };
                 out.push(ObjectMeta {
                     path: ObjectPath::new(bucket, key),
                     size: o.size().unwrap_or(0).max(0) as u64,
@@ -286,7 +345,7 @@ impl Store for S3Store {
                 });
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     async fn get_range(
@@ -387,6 +446,13 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
+        if let Some(why) = range_answer_problem(out.content_range(), offset, len) {
+            return Err(StoreError::Transient {
+                store: self.name.clone(),
+                op: "GetObject".into(),
+                detail: format!("{path}: {why}"),
+            });
+        }
         // State: the body, the bytes seen so far, and the names an error would carry (moved
         // along, not cloned per chunk); `None` once an error was yielded.
         let names = (self.name.clone(), path.clone());
@@ -753,6 +819,30 @@ impl Store for S3Store {
             .map_err(|e| self.err("DeleteObject", path, e))?;
         Ok(())
     }
+
+    async fn delete_pinned(&self, path: &ObjectPath, pin: &Pin) -> Result<()> {
+        if let Some(v) = pin.version_id.as_deref().filter(|v| !v.is_empty()) {
+            return self.delete(path, Some(v)).await;
+        }
+        // The stat narrows the window to the delete's round trip; `If-Match` closes it where the
+        // store honours it (AWS does; a store that ignores the header deletes as before).
+        let now = self.head(path).await?;
+        let Some(etag) = pin.etag.as_deref().filter(|_| now.etag == pin.etag) else {
+            return Err(StoreError::SourceChanged {
+                store: self.name.clone(),
+                path: path.to_string(),
+            });
+        };
+        self.client
+            .delete_object()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .if_match(etag)
+            .send()
+            .await
+            .map_err(|e| self.err("DeleteObject", path, e))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -768,6 +858,34 @@ mod tests {
             version_id: Some("v1".into()),
         };
         assert_eq!(copy_source(&p, &pin), "b/dir/a%20b%2Bc%3F.bin?versionId=v1");
+    }
+
+    #[test]
+    fn listed_keys_decode() {
+        assert_eq!(
+            url_decode_key("a+b%2Bc%0A%2F.bin").as_deref(),
+            Some("a b+c\n/.bin")
+        );
+        assert_eq!(url_decode_key("%C3%BC").as_deref(), Some("ü"));
+        assert_eq!(url_decode_key("%FF"), None);
+    }
+
+    #[test]
+    fn ranged_answers_must_hold_the_range_asked() {
+        assert_eq!(range_answer_problem(Some("bytes 10-14/100"), 10, 5), None);
+        assert_eq!(range_answer_problem(Some("bytes 0-99/100"), 0, 100), None);
+        assert_eq!(range_answer_problem(Some("bytes 10-14/*"), 10, 5), None);
+        assert_eq!(range_answer_problem(None, 0, 100), None);
+        for (cr, off, len) in [
+            (Some("bytes 0-4/100"), 10, 5),
+            (Some("bytes 10-13/100"), 10, 5),
+            (Some("bytes 10-14/12"), 10, 5),
+            (Some("bytes 10-14"), 10, 5),
+            (None, 10, 5),
+        ] {
+            let why = range_answer_problem(cr, off, len).unwrap_or_default();
+            assert!(why.contains("Content-Range"), "{cr:?} {off}+{len}: {why}");
+        }
     }
 
     #[test]

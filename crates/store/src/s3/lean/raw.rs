@@ -220,6 +220,7 @@ struct Head {
     /// Bytes of the head, in the buffer read with it.
     len: usize,
     content_length: Option<u64>,
+    content_range: Option<String>,
     chunked: bool,
     keep_alive: bool,
 }
@@ -236,6 +237,7 @@ fn parse_head(buf: &[u8]) -> std::result::Result<Option<Head>, String> {
         status: answer.code.unwrap_or(0),
         len,
         content_length: None,
+        content_range: None,
         chunked: false,
         // HTTP/1.1 keeps the connection unless told otherwise; 1.0 closes it.
         keep_alive: answer.version == Some(1),
@@ -250,6 +252,8 @@ fn parse_head(buf: &[u8]) -> std::result::Result<Option<Head>, String> {
                 return Err("the answer has two different Content-Lengths".into());
             }
             head.content_length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("content-range") {
+            head.content_range = Some(value.to_string());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -456,6 +460,14 @@ impl Lean {
             return Err(Failure::Transport(format!(
                 "the answer holds {content_length} bytes where {len} were asked"
             )));
+        }
+        let range = if head.status == 206 {
+            head.content_range.as_deref().or(Some(""))
+        } else {
+            None
+        };
+        if let Some(why) = crate::s3::range_answer_problem(range, offset, len) {
+            return Err(Failure::Transport(why));
         }
         Ok(Body {
             stream: Some(stream),
@@ -686,10 +698,11 @@ mod tests {
         .expect("a plain HTTP endpoint")
     }
 
-    fn partial(body: &[u8]) -> Vec<u8> {
+    fn partial(offset: usize, body: &[u8]) -> Vec<u8> {
         let mut a = format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nETag: \"e1\"\r\n\r\n",
-            body.len()
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {offset}-{}/100\r\nETag: \"e1\"\r\n\r\n",
+            body.len(),
+            offset + body.len() - 1
         )
         .into_bytes();
         a.extend_from_slice(body);
@@ -708,9 +721,9 @@ mod tests {
         // The first answer's connection is closed by the server behind barge's back: the
         // second read finds it dead in the pool and goes again on a new one.
         let (url, seen) = server(vec![
-            (partial(b"hello"), true),
-            (partial(b"world!"), false),
-            (partial(b"again"), false),
+            (partial(10, b"hello"), true),
+            (partial(15, b"world!"), false),
+            (partial(0, b"again"), false),
         ])
         .await;
         let lean = lean(&url);
@@ -781,11 +794,14 @@ mod tests {
         let (url, _) = server(vec![
             // Shorter than it says, then the connection closes.
             (
-                b"HTTP/1.1 206 x\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
+                b"HTTP/1.1 206 x\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/10\r\n\r\nabc"
+                    .to_vec(),
                 true,
             ),
             // Not the length asked for.
-            (partial(b"toolong"), true),
+            (partial(0, b"toolong"), true),
+            // The right length, but another range than the one asked for.
+            (partial(5, b"fives"), false),
             // The pin no longer matches.
             (
                 b"HTTP/1.1 412 Precondition Failed\r\nContent-Length: 72\r\n\r\n\
@@ -816,6 +832,14 @@ mod tests {
             .expect_err("wrong length");
         assert!(
             matches!(&err, StoreError::Transient { detail, .. } if detail.contains("holds 7 bytes where 5 were asked")),
+            "{err}"
+        );
+        let err = lean
+            .get_range_into(&path, &pin(), 0, 5, &mut BytesMut::new())
+            .await
+            .expect_err("another range");
+        assert!(
+            matches!(&err, StoreError::Transient { detail, .. } if detail.contains("Content-Range is \"bytes 5-9/100\" where bytes 0-4 were asked")),
             "{err}"
         );
         let err = lean
