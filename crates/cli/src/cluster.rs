@@ -180,6 +180,7 @@ pub async fn run_shared(
     conns: Arc<Connections>,
     journal: Arc<SqlJournal>,
     specs: Vec<TransferSpec>,
+    skipped: Vec<barge_store::SkippedEntry>,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let fp = fingerprint(&specs);
@@ -194,7 +195,7 @@ pub async fn run_shared(
         },
         None => (submit_from(&conns, &journal, specs, common).await?, false),
     };
-    work_on(conns, journal, &tid, resumed, common).await
+    work_on(conns, journal, &tid, resumed, skipped, common).await
 }
 
 async fn submit_from(
@@ -231,7 +232,7 @@ pub async fn resume_shared(
     if n > 0 && !common.quiet {
         eprintln!("transfer {tid}: {n} failed file(s) planned again");
     }
-    work_on(conns, journal, tid, true, common).await
+    work_on(conns, journal, tid, true, Vec::new(), common).await
 }
 
 /// Work on one transfer here until it is finished, showing its progress from the journal
@@ -241,6 +242,7 @@ async fn work_on(
     journal: Arc<SqlJournal>,
     tid: &str,
     resumed: bool,
+    skipped: Vec<barge_store::SkippedEntry>,
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let opts = common.run_options()?;
@@ -278,7 +280,9 @@ async fn work_on(
     poll_done.cancel();
     let _ = poller.await;
     result?;
-    let mut s = summary(&journal, tid, started.elapsed(), worker.retries()).await?;
+    let mut s = summary(&journal, tid, started.elapsed(), worker.retries())
+        .await?
+        .with_skipped(skipped);
     // What passed through this process (other workers count their own).
     s.bytes_through_client = worker.metrics.bytes_moved.get();
     for f in &s.files {

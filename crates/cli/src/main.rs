@@ -372,12 +372,17 @@ async fn execute(
     common: &Common,
 ) -> anyhow::Result<ExitCode> {
     let opts = common.run_options()?;
+    if !common.quiet && !common.json {
+        for s in &listing.skipped {
+            eprintln!("skipped {}: {}", s.path, s.reason);
+        }
+    }
     // A shared journal: submit, and work here alongside any other workers. Local files stay
     // with this process (other machines cannot reach them).
     let local = specs.iter().any(|s| s.src.is_local() || s.dst.is_local());
     if journal.is_shared() && !common.dry_run && !local {
         let j = journal.open_sql().await?;
-        return cluster::run_shared(conns, j, specs, common).await;
+        return cluster::run_shared(conns, j, specs, listing.skipped, common).await;
     }
     let journal = if common.dry_run {
         Arc::new(MemoryJournal::default()) as Arc<dyn Journal>
@@ -386,11 +391,6 @@ async fn execute(
     };
     let durable = journal.durable();
     let progress = Arc::new(Progress::new(common.quiet || common.dry_run));
-    if !common.quiet && !common.json {
-        for s in &listing.skipped {
-            eprintln!("skipped {}: {}", s.path, s.reason);
-        }
-    }
     let skipped = listing.skipped;
     let engine = Engine::new(conns, opts)
         .with_observer(progress.clone())
@@ -600,6 +600,7 @@ async fn status(journal: JournalArg, a: StatusArgs) -> anyhow::Result<ExitCode> 
 }
 
 async fn list(journal: JournalArg, a: ListArgs) -> anyhow::Result<ExitCode> {
+    args::in_range("--limit", a.limit as u64, 1, 100_000)?;
     let j = journal.open_existing().await?;
     let ts = j.list_transfers(a.limit).await?;
     if a.json {
@@ -672,6 +673,30 @@ async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCo
 }
 
 async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
+    // Held to the ranges of the transfer flags: the parts are buffers of this size.
+    let (part_size, concurrency) = match &cmd {
+        DebugCommand::UploadCeiling {
+            part_size,
+            concurrency,
+            size,
+            ..
+        } => {
+            args::size_in_range("--size", size, 1, 5 * barge_store::TIB)?;
+            (part_size, concurrency)
+        }
+        DebugCommand::DownloadCeiling {
+            part_size,
+            concurrency,
+            ..
+        } => (part_size, concurrency),
+    };
+    args::size_in_range("--part-size", part_size, 1, args::MAX_PART_SIZE)?;
+    args::in_range(
+        "--concurrency",
+        *concurrency as u64,
+        1,
+        args::MAX_CONCURRENCY,
+    )?;
     match cmd {
         DebugCommand::UploadCeiling {
             dst,

@@ -788,3 +788,169 @@ async fn a_lease_whose_claim_answer_was_lost_expires_and_the_work_is_done() {
     assert_eq!(t.state, TransferState::Done);
     assert_eq!(sha256(&read(gb.as_ref(), "dst", &key).await), sha256(&body));
 }
+
+/// Rows of the shared journal are not trusted: one naming a local file (as anyone who can write
+/// the journal could write), and one naming a connection the worker's config does not have,
+/// fail their files with the reason. The local file is neither read nor deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_refuses_journal_rows_naming_local_files_or_unknown_connections() {
+    use barge_engine::journal::TransferRecord;
+    use barge_engine::location::Location;
+    use barge_engine::run::{TransferRequest, fingerprint};
+    let j = journal().await;
+    let p = prefix("cl-rows");
+    let q = queue("rows");
+    let dir = temp_dir("cl-rows");
+    let secret_file = dir.join("id_rsa");
+    std::fs::write(&secret_file, b"a file the worker must not read").expect("write");
+    let ga = store("ga").await;
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}x"),
+        data(100, 1),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let specs = vec![
+        TransferSpec {
+            src: Location::local(&secret_file.to_string_lossy()),
+            dst: named("gb", "dst", &format!("{p}stolen")),
+        },
+        TransferSpec {
+            src: named("ga", "src", &format!("{p}x")),
+            dst: named("elsewhere", "dst", &format!("{p}x")),
+        },
+    ];
+    let request = TransferRequest {
+        transfers: specs.clone(),
+        delete_source: true,
+        part_size: None,
+        copy_part_size: None,
+    };
+    let tid = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    let now = barge_engine::journal::now_secs();
+    j.submit(
+        &TransferRecord {
+            id: tid.clone(),
+            fingerprint: fingerprint(&specs),
+            created_at: now,
+            updated_at: now,
+            state: TransferState::Running,
+            spec: serde_json::to_string(&request).expect("json"),
+        },
+        &q,
+        &specs,
+    )
+    .await
+    .expect("rows written straight into the journal");
+    let worker = Arc::new(Worker::new(
+        connections(),
+        j.clone(),
+        WorkerOptions {
+            queue: q.clone(),
+            ..WorkerOptions::default()
+        },
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.run(CancellationToken::new(), Until::Settled(tid.clone())),
+    )
+    .await
+    .expect("the transfer settles")
+    .expect("worker");
+    let files = j.files(&tid).await.expect("files");
+    assert!(
+        files.iter().all(|f| f.state == FileState::Failed),
+        "{files:#?}"
+    );
+    let err = |i: usize| files[i].error.clone().unwrap_or_default();
+    assert!(
+        err(0).contains("this worker reads and writes no local files (start it with --allow-local"),
+        "{}",
+        err(0)
+    );
+    assert!(
+        err(1).contains("the connection 'elsewhere'") && err(1).contains("config does not have"),
+        "{}",
+        err(1)
+    );
+    assert_eq!(
+        std::fs::read(&secret_file).expect("kept"),
+        b"a file the worker must not read"
+    );
+    assert_eq!(
+        read(ga.as_ref(), "src", &format!("{p}x")).await,
+        data(100, 1)
+    );
+    let gb = store("gb").await;
+    assert!(
+        gb.head(&barge_store::ObjectPath::new("dst", format!("{p}stolen")))
+            .await
+            .is_err()
+    );
+}
+
+/// A planned row whose part size, count and numbers disagree (a part size of 1 for a big file
+/// would make a worker build a list of billions of parts) fails its file; the worker goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_refuses_a_plan_no_barge_would_make() {
+    use sqlx::Connection;
+    let j = journal().await;
+    let p = prefix("cl-badplan");
+    let q = queue("badplan");
+    let ga = store("ga").await;
+    let spec = source(ga.as_ref(), &format!("{p}obj"), data(12 * MIB, 4)).await;
+    let tid = submit(
+        &connections(),
+        &j,
+        vec![spec],
+        &SubmitOptions {
+            queue: q.clone(),
+            part_size: Some(5 * MIB as u64),
+            delete_source: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    let worker = Arc::new(Worker::new(
+        connections(),
+        j.clone(),
+        WorkerOptions {
+            id: "w".into(),
+            queue: q.clone(),
+            ..WorkerOptions::default()
+        },
+    ));
+    let plan = j.claim("w", &q, 1, 30_000).await.expect("claim");
+    assert_eq!(plan.len(), 1);
+    worker.execute(plan[0].clone()).await;
+    // Someone with write access to the journal rewrites the plan.
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(&pg_url())
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE barge_files SET part_size = 1 WHERE transfer_id = $1")
+        .bind(&tid)
+        .execute(&mut c)
+        .await
+        .expect("rewrite the plan");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.run(CancellationToken::new(), Until::Settled(tid.clone())),
+    )
+    .await
+    .expect("the transfer settles")
+    .expect("worker");
+    let files = j.files(&tid).await.expect("files");
+    assert_eq!(files[0].state, FileState::Failed, "{files:#?}");
+    let e = files[0].error.clone().unwrap_or_default();
+    assert!(e.contains("size, part size and part count disagree"), "{e}");
+    assert_eq!(
+        read(ga.as_ref(), "src", &format!("{p}obj")).await,
+        data(12 * MIB, 4),
+        "the source is kept"
+    );
+    assert_no_uploads(store("gb").await.as_ref(), "dst", &p).await;
+}

@@ -435,6 +435,39 @@ fn flags_out_of_range_are_refused_with_their_range_never_a_panic() {
         assert_eq!(o.status.code(), Some(2), "{flag}: {err}");
         assert_eq!(err.trim(), format!("barge: {expect}"), "{flag}");
     }
+    for (args, expect) in [
+        (
+            vec!["worker", "--concurrency", "2305843009213693952"],
+            "--concurrency 2305843009213693952 is out of range: use 1 to 4096",
+        ),
+        (
+            vec!["worker", "--lease", "100000000s"],
+            "--lease 100000000s is out of range: use 1s to 24h",
+        ),
+        (
+            vec!["list", "--limit", "0"],
+            "--limit 0 is out of range: use 1 to 100000",
+        ),
+        (
+            vec![
+                "submit",
+                "ga:src/k",
+                "gb:dst/k",
+                "--part-size",
+                "18446744073709551615",
+            ],
+            "--part-size 18446744073709551615 is out of range: use 1 bytes to 5GiB",
+        ),
+    ] {
+        let o = barge(&e, &args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("barge: {expect}")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

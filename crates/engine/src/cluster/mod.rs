@@ -104,6 +104,14 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
 }
 
+/// Why a journal row is not worked on (`Worker::check_row`).
+enum RowProblem {
+    /// It names a connection or path this worker must not touch.
+    Locations(String),
+    /// Its plan is not one barge makes.
+    Plan(String),
+}
+
 /// How a worker is set up.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -527,7 +535,13 @@ impl Worker {
     /// connections of this worker's own config, local files only when this worker was started
     /// with `--allow-local`, and (once planned) part sizes, counts and numbers that agree and
     /// are in range. Why it cannot be worked on, if it cannot.
-    fn check_row(&self, rec: &FileRecord, task: &Task) -> std::result::Result<(), String> {
+    fn check_row(&self, rec: &FileRecord, task: &Task) -> std::result::Result<(), RowProblem> {
+        self.check_locations(rec).map_err(RowProblem::Locations)?;
+        self.check_plan(rec, task).map_err(RowProblem::Plan)
+    }
+
+    /// The connections and paths a row names (see `check_row`).
+    fn check_locations(&self, rec: &FileRecord) -> std::result::Result<(), String> {
         let plan = &rec.plan;
         for (side, loc) in [("source", &plan.src), ("destination", &plan.dst)] {
             if let ConnRef::Named(n) = &loc.conn
@@ -553,6 +567,12 @@ impl Worker {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The part size, count and number of a planned row (see `check_row`).
+    fn check_plan(&self, rec: &FileRecord, task: &Task) -> std::result::Result<(), String> {
+        let plan = &rec.plan;
         if task.kind != TaskKind::Plan {
             let bad = |why: &str| {
                 Err(format!(
@@ -578,15 +598,26 @@ impl Worker {
     }
 
     /// A row `check_row` refused: its file fails with the reason (one already settled is only
-    /// left alone); nothing it names is touched.
-    async fn refuse_row(&self, task: &Task, rec: &FileRecord, msg: &str) -> Result<()> {
+    /// left alone). Nothing a row with bad locations names is touched; a row whose plan alone is
+    /// wrong names this worker's own stores, and its open upload is aborted.
+    async fn refuse_row(&self, task: &Task, rec: &FileRecord, problem: RowProblem) -> Result<()> {
+        let (msg, upload) = match problem {
+            RowProblem::Locations(msg) => (msg, None),
+            RowProblem::Plan(msg) => (
+                msg,
+                rec.upload_id.as_ref().map(|id| UploadRef {
+                    path: rec.plan.dst.path.clone(),
+                    upload_id: id.clone(),
+                }),
+            ),
+        };
         if matches!(rec.state, FileState::Completed | FileState::Failed) {
             tracing::error!("{msg}");
             self.db(|| self.journal.task_done(task, &self.opts.id))
                 .await?;
             return Ok(());
         }
-        self.fail(task, rec, None, msg).await
+        self.fail(task, rec, upload.as_ref(), &msg).await
     }
 
     async fn stores(&self, plan: &FilePlan) -> Result<(Arc<dyn Store>, Arc<dyn Store>)> {
@@ -599,8 +630,8 @@ impl Worker {
     async fn plan_task(&self, task: &Task) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
-        if let Err(msg) = self.check_row(&rec, task) {
-            return self.refuse_row(task, &rec, &msg).await;
+        if let Err(problem) = self.check_row(&rec, task) {
+            return self.refuse_row(task, &rec, problem).await;
         }
         if matches!(rec.state, FileState::Completed | FileState::Failed) {
             self.db(|| self.journal.task_done(task, &self.opts.id))
@@ -675,8 +706,8 @@ impl Worker {
     async fn part_task(&self, task: &Task) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
-        if let Err(msg) = self.check_row(&rec, task) {
-            return self.refuse_row(task, &rec, &msg).await;
+        if let Err(problem) = self.check_row(&rec, task) {
+            return self.refuse_row(task, &rec, problem).await;
         }
         let (Some(upload_id), FileState::Uploading) = (&rec.upload_id, rec.state) else {
             // The file failed, was aborted or was re-planned meanwhile: nothing to do.
@@ -740,8 +771,8 @@ impl Worker {
     async fn finalize_task(&self, task: &Task) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
-        if let Err(msg) = self.check_row(&rec, task) {
-            return self.refuse_row(task, &rec, &msg).await;
+        if let Err(problem) = self.check_row(&rec, task) {
+            return self.refuse_row(task, &rec, problem).await;
         }
         let plan = &rec.plan;
         let (src, dst) = self.stores(plan).await?;
