@@ -34,13 +34,6 @@ fn barge(e: &Env, args: &[&str]) -> Output {
         .expect("run barge")
 }
 
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// A command that must succeed and print JSON: the JSON, and stdout for messages.
 fn json_ok(o: &Output) -> (serde_json::Value, String) {
     let (out, err) = text(o);

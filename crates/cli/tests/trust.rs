@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,31 +42,14 @@ fn env(tag: &str) -> Env {
 }
 
 fn barge(e: &Env, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_barge"))
-        .arg("--config")
-        .arg(&e.config)
-        .arg("--journal")
-        .arg(e.dir.join("journal.sqlite"))
+    barge_cmd(&e.config, &e.dir.join("journal.sqlite").to_string_lossy())
         .args(args)
-        .env_remove("BARGE_CONFIG")
-        .env_remove("BARGE_JOURNAL")
-        .env_remove("BARGE_LOG")
         .output()
         .expect("run barge")
 }
 
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 async fn ga() -> Arc<dyn Store> {
-    connections()
-        .get(&ConnRef::Named("ga".into()))
-        .await
-        .expect("connect")
+    store("ga").await
 }
 
 async fn exists(store: &dyn Store, bucket: &str, key: &str) -> bool {
@@ -75,32 +58,6 @@ async fn exists(store: &dyn Store, bucket: &str, key: &str) -> bool {
         Err(StoreError::NotFound { .. }) => false,
         Err(e) => panic!("head {key}: {e}"),
     }
-}
-
-/// Every file under `dir`, relative to it, sorted.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(
-                    p.strip_prefix(dir)
-                        .expect("under dir")
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -558,6 +515,7 @@ fn a_postgres_password_is_never_printed_in_any_spelling() {
         for args in [
             vec!["-vv", "list", "--json"],
             vec!["-vv", "status"],
+            vec!["-vv", "status", "--json"],
             vec!["-vv", "cp", "ga:src/none", "/tmp/none", "--json"],
         ] {
             let o = Command::new(env!("CARGO_BIN_EXE_barge"))
@@ -580,16 +538,24 @@ fn a_postgres_password_is_never_printed_in_any_spelling() {
     }
 }
 
-/// Server B as barge sees it, except that the first completion's answer is lost: Garage
-/// completes the object, the 200 never arrives, and the retry finds no upload.
+/// What goes wrong with a completion on server B.
 #[derive(Debug)]
-struct LosesCompletionAnswer {
+enum Fault {
+    /// Garage completes the object, the 200 never arrives (once), and the retry finds no upload.
+    LoseFirstAnswer(std::sync::atomic::AtomicBool),
+    /// Someone else (as `barge cleanup` does) aborts every upload just before its completion.
+    AbortBeforeCompletion,
+}
+
+/// Server B as barge sees it, but for `fault`.
+#[derive(Debug)]
+struct Faulty {
     inner: Arc<dyn Store>,
-    lost: std::sync::atomic::AtomicBool,
+    fault: Fault,
 }
 
 #[async_trait]
-impl Store for LosesCompletionAnswer {
+impl Store for Faulty {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -657,8 +623,14 @@ impl Store for LosesCompletionAnswer {
         upload: &UploadRef,
         parts: &[PartReceipt],
     ) -> barge_store::Result<PutReceipt> {
+        if let Fault::AbortBeforeCompletion = self.fault {
+            self.inner.abort_upload(upload).await?;
+        }
         let r = self.inner.complete_upload(upload, parts).await;
-        if r.is_ok() && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if let Fault::LoseFirstAnswer(lost) = &self.fault
+            && r.is_ok()
+            && !lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             return Err(StoreError::Transient {
                 store: self.name().to_string(),
                 op: "CompleteMultipartUpload".into(),
@@ -701,9 +673,9 @@ async fn a_lost_completion_answer_is_settled_by_the_destination_and_a_vanished_u
         &ObjectAttrs::default(),
     )
     .await;
-    let lossy = Arc::new(LosesCompletionAnswer {
+    let lossy = Arc::new(Faulty {
         inner: b.clone(),
-        lost: false.into(),
+        fault: Fault::LoseFirstAnswer(false.into()),
     });
     let with_lossy_b = Arc::new(Connections::with_stores(vec![
         (ConnRef::Named("ga".into()), a.clone()),
@@ -749,7 +721,10 @@ async fn a_lost_completion_answer_is_settled_by_the_destination_and_a_vanished_u
         &ObjectAttrs::default(),
     )
     .await;
-    let aborts = Arc::new(AbortsBeforeCompletion { inner: b.clone() });
+    let aborts = Arc::new(Faulty {
+        inner: b.clone(),
+        fault: Fault::AbortBeforeCompletion,
+    });
     let with_aborting_b = Arc::new(Connections::with_stores(vec![
         (ConnRef::Named("ga".into()), a.clone()),
         (ConnRef::Named("gb".into()), aborts as Arc<dyn Store>),
@@ -773,93 +748,6 @@ async fn a_lost_completion_answer_is_settled_by_the_destination_and_a_vanished_u
         sha256(&older)
     );
     assert_no_uploads(b.as_ref(), "dst", &p).await;
-}
-
-/// Server B, except that every upload is aborted (by someone else) just before its completion.
-#[derive(Debug)]
-struct AbortsBeforeCompletion {
-    inner: Arc<dyn Store>,
-}
-
-#[async_trait]
-impl Store for AbortsBeforeCompletion {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    fn service_identity(&self) -> Option<&str> {
-        self.inner.service_identity()
-    }
-    fn endpoint(&self) -> Endpoint {
-        self.inner.endpoint()
-    }
-    async fn head(&self, path: &ObjectPath) -> barge_store::Result<ObjectMeta> {
-        self.inner.head(path).await
-    }
-    async fn list(&self, bucket: &str, prefix: &str) -> barge_store::Result<Listing> {
-        self.inner.list(bucket, prefix).await
-    }
-    async fn get_range(
-        &self,
-        path: &ObjectPath,
-        pin: &Pin,
-        offset: u64,
-        len: u64,
-    ) -> barge_store::Result<Bytes> {
-        self.inner.get_range(path, pin, offset, len).await
-    }
-    async fn put(
-        &self,
-        path: &ObjectPath,
-        data: Bytes,
-        attrs: &ObjectAttrs,
-        crc32c: Option<u32>,
-    ) -> barge_store::Result<PutReceipt> {
-        self.inner.put(path, data, attrs, crc32c).await
-    }
-    async fn create_upload(
-        &self,
-        path: &ObjectPath,
-        attrs: &ObjectAttrs,
-        checksums: ChecksumMode,
-    ) -> barge_store::Result<UploadRef> {
-        self.inner.create_upload(path, attrs, checksums).await
-    }
-    async fn upload_part(
-        &self,
-        upload: &UploadRef,
-        part: &PartSpec,
-        data: Bytes,
-        crc32c: Option<u32>,
-    ) -> barge_store::Result<PartReceipt> {
-        self.inner.upload_part(upload, part, data, crc32c).await
-    }
-    async fn complete_upload(
-        &self,
-        upload: &UploadRef,
-        parts: &[PartReceipt],
-    ) -> barge_store::Result<PutReceipt> {
-        self.inner.abort_upload(upload).await?;
-        self.inner.complete_upload(upload, parts).await
-    }
-    async fn abort_upload(&self, upload: &UploadRef) -> barge_store::Result<()> {
-        self.inner.abort_upload(upload).await
-    }
-    async fn list_parts(&self, upload: &UploadRef) -> barge_store::Result<Vec<PartReceipt>> {
-        self.inner.list_parts(upload).await
-    }
-    async fn list_uploads(
-        &self,
-        bucket: &str,
-        prefix: &str,
-    ) -> barge_store::Result<Vec<PendingUpload>> {
-        self.inner.list_uploads(bucket, prefix).await
-    }
-    async fn delete(&self, path: &ObjectPath, version_id: Option<&str>) -> barge_store::Result<()> {
-        self.inner.delete(path, version_id).await
-    }
 }
 
 /// Cancels the run once `after` parts are done.

@@ -237,6 +237,72 @@ async fn against_source(
     }
 }
 
+/// The one rule for the parts an upload holds, for a resume and for a worker's completion
+/// alike: a part counts when the store lists it with the recorded length and the same bytes
+/// (the same CRC32C where both say one, else the same ETag). Returns the parts to complete with
+/// (the store's ETags, the journal's checksums) and the numbers to move again (missing, or other
+/// bytes than recorded).
+pub fn reconcile_parts(
+    part_count: u32,
+    recorded: &[PartReceipt],
+    listed: &[PartReceipt],
+) -> (Vec<PartReceipt>, Vec<u32>) {
+    let rec: std::collections::HashMap<u32, &PartReceipt> =
+        recorded.iter().map(|r| (r.number, r)).collect();
+    let on_store: std::collections::HashMap<u32, &PartReceipt> =
+        listed.iter().map(|r| (r.number, r)).collect();
+    let mut out = Vec::with_capacity(part_count as usize);
+    let mut redo = Vec::new();
+    for n in 1..=part_count {
+        match (rec.get(&n), on_store.get(&n)) {
+            (Some(r), Some(s)) if r.len == s.len && same_part(r, s) => out.push(PartReceipt {
+                number: n,
+                etag: s.etag.clone(),
+                len: s.len,
+                crc32c: r.crc32c.clone(),
+            }),
+            _ => redo.push(n),
+        }
+    }
+    (out, redo)
+}
+
+fn same_part(journal: &PartReceipt, store: &PartReceipt) -> bool {
+    match (&journal.crc32c, &store.crc32c) {
+        (Some(a), Some(b)) => same_checksum(a, b),
+        _ => journal.etag == store.etag,
+    }
+}
+
+/// Complete an upload from its receipts and verify the object: the one way both the
+/// one-machine run and the workers finish a multipart file. A completion whose answer was lost
+/// (or an upload gone for another reason) is settled by the destination alone
+/// (`settle_vanished_upload`); an object that fails verification is removed (`verify_written`).
+pub async fn complete_and_verify(
+    dst: &dyn Store,
+    src: &dyn Store,
+    plan: &FilePlan,
+    upload: &barge_store::UploadRef,
+    receipts: &[PartReceipt],
+    policy: &crate::retry::RetryPolicy,
+    stats: &crate::retry::RetryStats,
+) -> Result<Verification> {
+    let exp = Expected::from_parts(plan.size, receipts);
+    let what = format!("completion of {}", plan.dst);
+    let written = match crate::retry::retry(policy, stats, &what, || {
+        dst.complete_upload(upload, receipts)
+    })
+    .await
+    {
+        Ok(w) => w,
+        Err(barge_store::StoreError::NoSuchUpload { .. }) => {
+            return settle_vanished_upload(dst, plan, &exp, policy, stats).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    verify_written(dst, Some(src), plan, &exp, &written, policy, stats).await
+}
+
 /// Whether `v` proves the destination holds the source's bytes: a checksum compared, not a
 /// size alone. A source is deleted only after such a proof.
 pub fn proves_bytes(v: Verification) -> bool {
@@ -420,4 +486,43 @@ pub async fn verify_pair(
         src_crc32c: Some(crc32c_b64(x)),
         dst_crc32c: Some(crc32c_b64(y)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(n: u32, etag: &str, crc: Option<&str>) -> PartReceipt {
+        PartReceipt {
+            number: n,
+            etag: etag.into(),
+            len: 10,
+            crc32c: crc.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn parts_the_store_holds_differently_are_moved_again() {
+        let journal = [
+            r(1, "a", Some("AAAA")),
+            r(2, "b", Some("BBBB")),
+            r(3, "c", None),
+        ];
+        // Part 2 was overwritten by other bytes, part 3 has another ETag and no checksum, part 4
+        // is missing from the journal; part 1 differs only by ETag (same checksum).
+        let store = [
+            r(1, "x", Some("AAAA")),
+            r(2, "b", Some("ZZZZ")),
+            r(3, "d", None),
+            r(4, "e", None),
+        ];
+        let (ok, redo) = reconcile_parts(4, &journal, &store);
+        assert_eq!(redo, vec![2, 3, 4]);
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].etag, "x", "completion uses the store's ETag");
+        // A part of another length is other bytes, whatever its ETag.
+        let mut short = r(1, "a", None);
+        short.len = 9;
+        assert_eq!(reconcile_parts(1, &[r(1, "a", None)], &[short]).1, vec![1]);
+    }
 }

@@ -577,18 +577,10 @@ impl Engine {
         // source to delete, the record is queued and the file's slot freed at once (records are
         // written in batches; a lost one only means the file is copied again on resume).
         let (verified, source_deleted) = if self.opts.delete_source {
-            // Proven by a checksum first (a size-only check is not enough to delete on).
-            let verified = crate::finalize::prove_for_delete(
-                src.as_ref(),
-                dst.as_ref(),
-                plan,
-                verified,
-                &self.opts.retry,
-                &self.limits.stats,
-            )
-            .await?;
             done.completed(plan.id).await?;
-            self.delete_source(plan, &src).await?;
+            let verified = self
+                .prove_and_delete_source(plan, &src, &dst, verified)
+                .await?;
             (verified, true)
         } else {
             done.record(plan.id)?;
@@ -737,17 +729,9 @@ impl Engine {
             }
             return Ok(Some(good.into_iter().collect()));
         }
-        let on_store: HashMap<u32, &PartReceipt> = listed.iter().map(|p| (p.number, p)).collect();
-        let keep: HashSet<u32> = recorded
-            .iter()
-            .filter(|r| {
-                on_store
-                    .get(&r.number)
-                    .is_some_and(|p| p.etag == r.etag && p.len == r.len)
-            })
-            .map(|r| r.number)
-            .collect();
-        Ok(Some(keep))
+        // The workers' rule, not a second one: same length, same CRC32C (else same ETag).
+        let (kept, _) = crate::finalize::reconcile_parts(plan.part_count, &recorded, &listed);
+        Ok(Some(kept.iter().map(|r| r.number).collect()))
     }
 
     async fn move_multipart(
@@ -841,34 +825,12 @@ impl Engine {
                 ),
             });
         }
-        let exp = Expected::from_parts(plan.size, &receipts);
-        let what = format!("completion of {}", plan.dst);
-        let written = match retry(&self.opts.retry, &self.limits.stats, &what, || {
-            dst.complete_upload(upload, &receipts)
-        })
-        .await
-        {
-            Ok(w) => w,
-            // A completion whose answer was lost (its retry finds no upload), or an upload
-            // aborted by someone else: the destination says which.
-            Err(StoreError::NoSuchUpload { .. }) => {
-                return crate::finalize::settle_vanished_upload(
-                    dst.as_ref(),
-                    plan,
-                    &exp,
-                    &self.opts.retry,
-                    &self.limits.stats,
-                )
-                .await;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        verify_written(
+        crate::finalize::complete_and_verify(
             dst.as_ref(),
-            Some(src.as_ref()),
+            src.as_ref(),
             plan,
-            &exp,
-            &written,
+            upload,
+            &receipts,
             &self.opts.retry,
             &self.limits.stats,
         )
@@ -877,17 +839,44 @@ impl Engine {
 
     pub(crate) async fn abort(&self, dst: &dyn Store, upload: &UploadRef) {
         let what = format!("abort of upload {} of {}", upload.upload_id, upload.path);
-        if let Err(e) = retry(&self.opts.retry, &self.limits.stats, &what, || {
+        match retry(&self.opts.retry, &self.limits.stats, &what, || {
             dst.abort_upload(upload)
         })
         .await
         {
-            tracing::error!(
-                "could not abort upload {} of {}: {e}; `barge cleanup` removes it later",
-                upload.upload_id,
-                upload.path
-            );
+            // Completed or aborted already: nothing is left open.
+            Ok(()) | Err(StoreError::NoSuchUpload { .. }) => {}
+            Err(e) => {
+                tracing::error!(
+                    "could not abort upload {} of {}: {e}; `barge cleanup` removes it later",
+                    upload.upload_id,
+                    upload.path
+                );
+            }
         }
+    }
+
+    /// After a file is recorded as copied: prove the copy by a checksum (a size-only check is
+    /// not enough to delete on: `prove_for_delete`), then delete the source. The one way both
+    /// the one-machine run and the workers delete a source.
+    pub(crate) async fn prove_and_delete_source(
+        &self,
+        plan: &FilePlan,
+        src: &Arc<dyn Store>,
+        dst: &Arc<dyn Store>,
+        verified: Verification,
+    ) -> Result<Verification> {
+        let verified = crate::finalize::prove_for_delete(
+            src.as_ref(),
+            dst.as_ref(),
+            plan,
+            verified,
+            &self.opts.retry,
+            &self.limits.stats,
+        )
+        .await?;
+        self.delete_source(plan, src).await?;
+        Ok(verified)
     }
 
     /// Delete exactly the planned source key and the version copied (never a version written

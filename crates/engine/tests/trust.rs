@@ -70,6 +70,18 @@ fn setup() -> (Arc<MemoryStore>, Arc<MemoryStore>, Arc<Connections>) {
     (a, b, conns)
 }
 
+fn put(store: &MemoryStore, bucket: &str, key: &str, data: Bytes) {
+    store.insert(&ObjectPath::new(bucket, key), data, ObjectAttrs::default());
+}
+
+async fn run(
+    conns: Arc<Connections>,
+    opts: RunOptions,
+    specs: Vec<TransferSpec>,
+) -> barge_engine::report::Summary {
+    Engine::new(conns, opts).run(specs).await.expect("run")
+}
+
 async fn bytes_of(store: &dyn Store, bucket: &str, key: &str) -> Option<Bytes> {
     let path = ObjectPath::new(bucket, key);
     let meta = store.head(&path).await.ok()?;
@@ -118,11 +130,7 @@ fn files_under(dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn an_object_copied_onto_itself_through_another_name_is_refused() {
     let (a, _, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "k"),
-        body(5000, 1),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "k", body(5000, 1));
     let spec = TransferSpec {
         src: loc("a", "src", "k"),
         dst: loc("alias", "src", "k"),
@@ -167,16 +175,8 @@ async fn a_local_file_copied_onto_itself_in_any_spelling_is_refused() {
 #[tokio::test]
 async fn a_swap_or_a_chain_with_delete_source_is_refused_and_loses_nothing() {
     let (a, _, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "A"),
-        body(3000, 1),
-        ObjectAttrs::default(),
-    );
-    a.insert(
-        &ObjectPath::new("src", "B"),
-        body(3000, 2),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "A", body(3000, 1));
+    put(&a, "src", "B", body(3000, 2));
     let swap = vec![
         TransferSpec {
             src: loc("a", "src", "A"),
@@ -242,11 +242,7 @@ async fn keys_that_cannot_be_file_names_fail_alone_and_write_nothing_outside() {
         ("p/sub/ok.bin", true),
     ];
     for (i, (k, _)) in keys.iter().enumerate() {
-        a.insert(
-            &ObjectPath::new("src", *k),
-            body(2000 + i, i as u8),
-            ObjectAttrs::default(),
-        );
+        put(&a, "src", k, body(2000 + i, i as u8));
     }
     let src = loc("a", "src", "p/");
     let dst = Location::local(&format!("{}/", out.to_string_lossy()));
@@ -290,21 +286,9 @@ async fn keys_that_cannot_be_file_names_fail_alone_and_write_nothing_outside() {
 async fn a_key_that_is_also_a_folder_fails_alone_and_leaves_no_temporary_file() {
     let (a, _, conns) = setup();
     let out = temp_dir("filefolder");
-    a.insert(
-        &ObjectPath::new("src", "d/a"),
-        body(4000, 1),
-        ObjectAttrs::default(),
-    );
-    a.insert(
-        &ObjectPath::new("src", "d/a/b"),
-        body(4000, 2),
-        ObjectAttrs::default(),
-    );
-    a.insert(
-        &ObjectPath::new("src", "d/marker/"),
-        Bytes::new(),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "d/a", body(4000, 1));
+    put(&a, "src", "d/a/b", body(4000, 2));
+    put(&a, "src", "d/marker/", Bytes::new());
     let src = loc("a", "src", "d/");
     let dst = Location::local(&format!("{}/", out.to_string_lossy()));
     let listing = barge_engine::input::list_prefix(&src, &dst, a.as_ref(), &Default::default())
@@ -314,10 +298,7 @@ async fn a_key_that_is_also_a_folder_fails_alone_and_leaves_no_temporary_file() 
     assert_eq!(listing.skipped[0].path, "a:src/d/marker/");
     assert!(listing.skipped[0].reason.contains("folder marker"));
     let specs: Vec<TransferSpec> = listing.files.iter().map(|(s, _)| s.clone()).collect();
-    let s = Engine::new(conns, opts(false))
-        .run(specs)
-        .await
-        .expect("run");
+    let s = run(conns, opts(false), specs).await;
     assert_eq!((s.files_ok, s.files_failed), (1, 1), "{s:#?}");
     let failed = s
         .files
@@ -340,20 +321,13 @@ async fn a_key_that_is_also_a_folder_fails_alone_and_leaves_no_temporary_file() 
 #[tokio::test]
 async fn a_lost_completion_answer_is_settled_by_the_destination() {
     let (a, b, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "big"),
-        body(10_000, 3),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "big", body(10_000, 3));
     *b.completion_fault.lock().expect("lock") = Some(CompletionFault::LoseAnswer);
     let spec = TransferSpec {
         src: loc("a", "src", "big"),
         dst: loc("b", "dst", "big"),
     };
-    let s = Engine::new(conns, opts(true))
-        .run(vec![spec])
-        .await
-        .expect("run");
+    let s = run(conns, opts(true), vec![spec]).await;
     assert!(s.success(), "{s:#?}");
     assert_eq!(s.files[0].verified, Verification::SizeAndCrc32c);
     assert!(s.files[0].source_deleted);
@@ -366,26 +340,15 @@ async fn a_lost_completion_answer_is_settled_by_the_destination() {
 #[tokio::test]
 async fn an_upload_aborted_elsewhere_over_an_object_of_the_same_size_is_not_a_copy() {
     let (a, b, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "big"),
-        body(10_000, 3),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "big", body(10_000, 3));
     // An older object of the same size already at the destination.
-    b.insert(
-        &ObjectPath::new("dst", "big"),
-        body(10_000, 9),
-        ObjectAttrs::default(),
-    );
+    put(&b, "dst", "big", body(10_000, 9));
     *b.completion_fault.lock().expect("lock") = Some(CompletionFault::AbortedElsewhere);
     let spec = TransferSpec {
         src: loc("a", "src", "big"),
         dst: loc("b", "dst", "big"),
     };
-    let s = Engine::new(conns, opts(true))
-        .run(vec![spec])
-        .await
-        .expect("run");
+    let s = run(conns, opts(true), vec![spec]).await;
     assert_eq!(s.files[0].status, Status::Failed, "{s:#?}");
     let e = s.files[0].error.clone().unwrap_or_default();
     assert!(
@@ -421,11 +384,7 @@ impl Observer for RewriteAfterRead {
 #[tokio::test]
 async fn a_source_rewritten_after_its_copy_is_not_deleted() {
     let (a, b, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "k"),
-        body(500, 7),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "k", body(500, 7));
     let spec = TransferSpec {
         src: loc("a", "src", "k"),
         dst: loc("b", "dst", "k"),
@@ -475,10 +434,7 @@ async fn a_move_between_stores_without_checksums_is_proven_by_reading_back() {
     assert_eq!(std::fs::read(&dst).expect("dst"), body(300_000, 5));
     // Without --delete-source, nothing is read back: the size is all either side can show.
     std::fs::write(&src, body(1000, 6)).expect("write");
-    let s = Engine::new(conns, opts(false))
-        .run(vec![spec])
-        .await
-        .expect("run");
+    let s = run(conns, opts(false), vec![spec]).await;
     assert_eq!(s.files[0].verified, Verification::SizeOnly);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -543,11 +499,7 @@ async fn local_symlinks_and_special_files_are_reported_not_copied() {
 #[tokio::test]
 async fn a_part_exactly_the_size_of_the_memory_budget_moves() {
     let (a, b, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "r10k"),
-        body(10_000, 4),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "r10k", body(10_000, 4));
     let mut o = opts(false);
     o.plan = PlanOptions {
         part_size: 3000,
@@ -575,19 +527,12 @@ async fn a_part_exactly_the_size_of_the_memory_budget_moves() {
 #[tokio::test]
 async fn a_connection_that_cannot_be_opened_fails_its_files_not_the_run() {
     let (a, _, conns) = setup();
-    a.insert(
-        &ObjectPath::new("src", "k"),
-        body(10, 1),
-        ObjectAttrs::default(),
-    );
+    put(&a, "src", "k", body(10, 1));
     let spec = TransferSpec {
         src: loc("a", "src", "k"),
         dst: loc("nowhere", "dst", "k"),
     };
-    let s = Engine::new(conns, opts(true))
-        .run(vec![spec])
-        .await
-        .expect("run");
+    let s = run(conns, opts(true), vec![spec]).await;
     assert_eq!(s.files[0].status, Status::Failed);
     assert_eq!(
         s.files[0].error.as_deref(),

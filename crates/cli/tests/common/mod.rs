@@ -141,3 +141,40 @@ pub fn barge_cmd(config: &std::path::Path, journal: &str) -> std::process::Comma
         .env_remove("BARGE_LOG");
     c
 }
+
+/// A finished command's standard output and error, as text.
+pub fn text(o: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Every file under `dir` (hidden ones too), relative to it, sorted.
+pub fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The test server a connection of `connections()` names (`ga` or `gb`).
+pub async fn store(name: &str) -> Arc<dyn Store> {
+    connections()
+        .get(&ConnRef::Named(name.into()))
+        .await
+        .expect("connect")
+}

@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use barge_store::checksum::same_checksum;
-use barge_store::{ChecksumMode, PartReceipt, Store, StoreError, UploadRef};
+use barge_store::{ChecksumMode, Store, StoreError, UploadRef};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
-use crate::finalize::{Expected, prove_for_delete, settle_vanished_upload, verify_written};
+use crate::finalize::{Expected, complete_and_verify, reconcile_parts, settle_vanished_upload};
 use crate::input::TransferSpec;
 use crate::journal::queue::{Task, TaskKind};
 use crate::journal::{FileRecord, FileState, Journal, SqlJournal, TransferRecord, TransferState};
@@ -822,7 +821,7 @@ impl Worker {
             Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
         };
         let (receipts, redo) = if dst.capabilities().lists_parts {
-            cross_check(plan.part_count, &recorded, &listed)
+            reconcile_parts(plan.part_count, &recorded, &listed)
         } else {
             (recorded.clone(), Vec::new())
         };
@@ -833,42 +832,21 @@ impl Worker {
             );
             return self.db(|| self.journal.redo_parts(task, &redo)).await;
         }
-        let what = format!("completion of {}", plan.dst);
-        let written = match retry(&self.opts.retry, &self.limits.stats, &what, || {
-            dst.complete_upload(&upload, &receipts)
-        })
-        .await
-        {
-            Ok(w) => w,
-            Err(StoreError::NoSuchUpload { .. }) => {
-                return match settle_vanished_upload(
-                    dst.as_ref(),
-                    plan,
-                    &exp,
-                    &self.opts.retry,
-                    &self.limits.stats,
-                )
-                .await
-                {
-                    Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
-                    Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
-                };
-            }
-            Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
-        };
-        match verify_written(
+        match complete_and_verify(
             dst.as_ref(),
-            Some(src.as_ref()),
+            src.as_ref(),
             plan,
-            &exp,
-            &written,
+            &upload,
+            &receipts,
             &self.opts.retry,
             &self.limits.stats,
         )
         .await
         {
             Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
-            Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
+            // The upload, if it is still open, is aborted (one already completed or gone
+            // answers that it is gone, which is fine).
+            Err(e) => self.fail(task, &rec, Some(&upload), &e.to_string()).await,
         }
     }
 
@@ -888,20 +866,11 @@ impl Worker {
                 .file_state(&task.transfer, task.file, FileState::Completed, None)
         })
         .await?;
-        let delete = async {
-            prove_for_delete(
-                src.as_ref(),
-                dst.as_ref(),
-                plan,
-                verified,
-                &self.opts.retry,
-                &self.limits.stats,
-            )
-            .await?;
-            ctx.engine.delete_source(plan, src).await
-        };
         if ctx.request.delete_source
-            && let Err(e) = delete.await
+            && let Err(e) = ctx
+                .engine
+                .prove_and_delete_source(plan, src, dst, verified)
+                .await
         {
             let msg = e.to_string();
             tracing::error!("{}: {msg}", plan.src);
@@ -996,74 +965,4 @@ fn too_many_claims(task: &Task) -> String {
         task.number,
         task.claims
     )
-}
-
-/// The parts to complete with, from the store's own list, each checked against the journal's
-/// receipt; and the part numbers whose stored bytes are not what the journal recorded (or are
-/// missing), which must be moved again.
-fn cross_check(
-    part_count: u32,
-    recorded: &[PartReceipt],
-    listed: &[PartReceipt],
-) -> (Vec<PartReceipt>, Vec<u32>) {
-    let rec: HashMap<u32, &PartReceipt> = recorded.iter().map(|r| (r.number, r)).collect();
-    let on_store: HashMap<u32, &PartReceipt> = listed.iter().map(|r| (r.number, r)).collect();
-    let mut out = Vec::with_capacity(part_count as usize);
-    let mut redo = Vec::new();
-    for n in 1..=part_count {
-        match (rec.get(&n), on_store.get(&n)) {
-            (Some(r), Some(s)) if r.len == s.len && same_part(r, s) => out.push(PartReceipt {
-                number: n,
-                etag: s.etag.clone(),
-                len: s.len,
-                crc32c: r.crc32c.clone(),
-            }),
-            _ => redo.push(n),
-        }
-    }
-    (out, redo)
-}
-
-/// The same bytes: by CRC32C where the store reports one (ETags of equal bytes may differ,
-/// with SSE-KMS for one), else by ETag.
-fn same_part(journal: &PartReceipt, store: &PartReceipt) -> bool {
-    match (&journal.crc32c, &store.crc32c) {
-        (Some(a), Some(b)) => same_checksum(a, b),
-        _ => journal.etag == store.etag,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn r(n: u32, etag: &str, crc: Option<&str>) -> PartReceipt {
-        PartReceipt {
-            number: n,
-            etag: etag.into(),
-            len: 10,
-            crc32c: crc.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn finalize_redoes_parts_the_store_holds_differently() {
-        let journal = [
-            r(1, "a", Some("AAAA")),
-            r(2, "b", Some("BBBB")),
-            r(3, "c", None),
-        ];
-        // Part 2 was overwritten by other bytes, part 3 has another ETag and no checksum, part 4
-        // is missing from the journal; part 1 differs only by ETag (same checksum).
-        let store = [
-            r(1, "x", Some("AAAA")),
-            r(2, "b", Some("ZZZZ")),
-            r(3, "d", None),
-            r(4, "e", None),
-        ];
-        let (ok, redo) = cross_check(4, &journal, &store);
-        assert_eq!(redo, vec![2, 3, 4]);
-        assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].etag, "x", "completion uses the store's ETag");
-    }
 }
