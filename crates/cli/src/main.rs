@@ -226,6 +226,7 @@ async fn cp_specs(
         exclude,
         delete_source,
     } = r;
+    let typed = (src, dst);
     let src = parse_loc(conns, src)?;
     let dst = parse_loc(conns, dst)?;
     if !recursive && (!include.is_empty() || !exclude.is_empty()) {
@@ -267,7 +268,18 @@ async fn cp_specs(
             ))
             .into());
         }
-        (vec![single(src, dst)], Listing::default())
+        let spec = single(src, dst);
+        // Named as typed: the engine's own refusal would show both spellings resolved alike.
+        let resolver =
+            barge_engine::identity::Resolver::new(conns, std::slice::from_ref(&spec)).await;
+        if resolver.id(&spec.src) == resolver.id(&spec.dst) {
+            return Err(EngineError::Input(format!(
+                "'{}' is the source '{}' itself (both are {}): nothing was moved",
+                typed.1, typed.0, spec.src
+            ))
+            .into());
+        }
+        (vec![spec], Listing::default())
     })
 }
 
