@@ -9,6 +9,7 @@
 //! or changed behind barge's back is moved again, never completed as found.
 
 pub mod metrics;
+mod pace;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -191,6 +192,10 @@ pub struct Worker {
     transfers: tokio::sync::Mutex<HashMap<String, Arc<TransferCtx>>>,
     /// The tasks being run now: the leases housekeeping renews.
     running: std::sync::Mutex<HashSet<Task>>,
+    /// Part tasks under way, and how many this worker holds at most now (`pace`): no more
+    /// than raise its throughput, so others find parts to claim.
+    parts_running: AtomicUsize,
+    pace: std::sync::Mutex<pace::Pace>,
 }
 
 /// A task's place in [`Worker::running`], given up when the task ends however it ends.
@@ -226,6 +231,7 @@ impl Worker {
             opts.retry.clone(),
         ));
         Self {
+            pace: std::sync::Mutex::new(pace::Pace::new(opts.concurrency)),
             conns,
             journal,
             opts,
@@ -233,6 +239,7 @@ impl Worker {
             metrics: Arc::new(Metrics::default()),
             transfers: Default::default(),
             running: Default::default(),
+            parts_running: AtomicUsize::new(0),
         }
     }
 
@@ -271,8 +278,8 @@ impl Worker {
         lease_ms: u64,
     ) -> Result<()> {
         let mut set: JoinSet<()> = JoinSet::new();
-        // Part tasks and file-level tasks under way, each against its own limit.
-        let parts_running = Arc::new(AtomicUsize::new(0));
+        // File-level tasks under way (part tasks: `self.parts_running`), each against its own
+        // limit.
         let files_running = Arc::new(AtomicUsize::new(0));
         let poll_min = Duration::from_millis(50);
         let poll_max = Duration::from_millis(1000);
@@ -286,10 +293,15 @@ impl Worker {
             if stop.is_cancelled() {
                 break Ok(());
             }
-            let free_parts = self
-                .opts
-                .concurrency
-                .saturating_sub(parts_running.load(Ordering::SeqCst));
+            let held = self.parts_running.load(Ordering::SeqCst);
+            let free_parts = {
+                let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+                if held == 0 {
+                    // Time without parts is not a rate: the next window starts now.
+                    pace.idle(Instant::now());
+                }
+                pace.target().saturating_sub(held)
+            };
             let free_files = self
                 .opts
                 .files
@@ -335,17 +347,22 @@ impl Worker {
                         t.transfer
                     );
                     let me = self.clone();
-                    let running = if t.kind == TaskKind::Part {
-                        parts_running.clone()
+                    let files = files_running.clone();
+                    let part = t.kind == TaskKind::Part;
+                    if part {
+                        self.parts_running.fetch_add(1, Ordering::SeqCst);
                     } else {
-                        files_running.clone()
-                    };
-                    running.fetch_add(1, Ordering::SeqCst);
+                        files.fetch_add(1, Ordering::SeqCst);
+                    }
                     self.metrics.parts_in_flight.inc();
                     set.spawn(async move {
                         me.execute(t).await;
                         me.metrics.parts_in_flight.dec();
-                        running.fetch_sub(1, Ordering::SeqCst);
+                        if part {
+                            me.parts_running.fetch_sub(1, Ordering::SeqCst);
+                        } else {
+                            files.fetch_sub(1, Ordering::SeqCst);
+                        }
                     });
                 }
             }
@@ -740,6 +757,15 @@ impl Worker {
                     self.metrics.bytes_moved.inc_by(part.len);
                 }
                 self.metrics.parts_done.inc();
+                {
+                    let held = self.parts_running.load(Ordering::SeqCst);
+                    let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+                    let before = pace.target();
+                    pace.part_done(part.len, held.saturating_sub(1), Instant::now());
+                    if pace.target() != before {
+                        tracing::debug!("parts held at once: {before} -> {}", pace.target());
+                    }
+                }
                 self.db(|| {
                     self.journal.part_recorded(
                         task,
