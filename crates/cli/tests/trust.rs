@@ -853,3 +853,54 @@ async fn a_resumed_download_reads_back_the_parts_it_keeps() {
     );
     assert_eq!(files_under(&out), ["big"], "no temporary file left");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_up_to_the_file_system_limit_download_whole() {
+    let e = env("trust-longname");
+    let p = prefix("trust-longname");
+    let a = ga().await;
+    // 255 bytes is the longest file name; the temporary name beside it must fit too.
+    let long = format!("{}.bin", "n".repeat(251));
+    let small = format!("{}.txt", "é".repeat(125));
+    put(
+        a.as_ref(),
+        "src",
+        &format!("{p}d/{long}"),
+        data(12 * MIB, 5),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    put(
+        a.as_ref(),
+        "src",
+        &format!("{p}d/{small}"),
+        data(1000, 6),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let out = e.dir.join("out");
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            "-r",
+            "--part-size",
+            "5MiB",
+            &format!("ga:src/{p}d/"),
+            &format!("{}/", out.display()),
+        ],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        std::fs::read(out.join(&long)).expect("long"),
+        data(12 * MIB, 5)
+    );
+    assert_eq!(
+        std::fs::read(out.join(&small)).expect("small"),
+        data(1000, 6)
+    );
+    let mut want = vec![long, small];
+    want.sort();
+    assert_eq!(files_under(&out), want, "no temporary file left");
+}
