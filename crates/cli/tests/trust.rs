@@ -10,16 +10,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use barge_engine::connections::Connections;
 use barge_engine::input::TransferSpec;
 use barge_engine::location::ConnRef;
 use barge_engine::report::{Status, Verification};
 use barge_engine::run::{Engine, RunOptions};
-use barge_store::{
-    ByteChunks, Capabilities, ChecksumMode, Endpoint, Listing, ObjectAttrs, ObjectMeta, ObjectPath,
-    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Store, StoreError, UploadRef,
-};
+use barge_store::{ObjectAttrs, ObjectPath, Store, StoreError};
 use bytes::Bytes;
 use common::*;
 
@@ -538,125 +534,6 @@ fn a_postgres_password_is_never_printed_in_any_spelling() {
                 );
             }
         }
-    }
-}
-
-/// What goes wrong with a completion on server B.
-#[derive(Debug)]
-enum Fault {
-    /// Garage completes the object, the 200 never arrives (once), and the retry finds no upload.
-    LoseFirstAnswer(std::sync::atomic::AtomicBool),
-    /// Someone else (as `barge cleanup` does) aborts every upload just before its completion.
-    AbortBeforeCompletion,
-}
-
-/// Server B as barge sees it, but for `fault`.
-#[derive(Debug)]
-struct Faulty {
-    inner: Arc<dyn Store>,
-    fault: Fault,
-}
-
-#[async_trait]
-impl Store for Faulty {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    fn service_identity(&self) -> Option<&str> {
-        self.inner.service_identity()
-    }
-    fn endpoint(&self) -> Endpoint {
-        self.inner.endpoint()
-    }
-    async fn head(&self, path: &ObjectPath) -> barge_store::Result<ObjectMeta> {
-        self.inner.head(path).await
-    }
-    async fn list(&self, bucket: &str, prefix: &str) -> barge_store::Result<Listing> {
-        self.inner.list(bucket, prefix).await
-    }
-    async fn get_range(
-        &self,
-        path: &ObjectPath,
-        pin: &Pin,
-        offset: u64,
-        len: u64,
-    ) -> barge_store::Result<Bytes> {
-        self.inner.get_range(path, pin, offset, len).await
-    }
-    async fn get_range_stream(
-        &self,
-        path: &ObjectPath,
-        pin: &Pin,
-        offset: u64,
-        len: u64,
-    ) -> barge_store::Result<ByteChunks> {
-        self.inner.get_range_stream(path, pin, offset, len).await
-    }
-    async fn put(
-        &self,
-        path: &ObjectPath,
-        data: Bytes,
-        attrs: &ObjectAttrs,
-        crc32c: Option<u32>,
-    ) -> barge_store::Result<PutReceipt> {
-        self.inner.put(path, data, attrs, crc32c).await
-    }
-    async fn create_upload(
-        &self,
-        path: &ObjectPath,
-        attrs: &ObjectAttrs,
-        checksums: ChecksumMode,
-    ) -> barge_store::Result<UploadRef> {
-        self.inner.create_upload(path, attrs, checksums).await
-    }
-    async fn upload_part(
-        &self,
-        upload: &UploadRef,
-        part: &PartSpec,
-        data: Bytes,
-        crc32c: Option<u32>,
-    ) -> barge_store::Result<PartReceipt> {
-        self.inner.upload_part(upload, part, data, crc32c).await
-    }
-    async fn complete_upload(
-        &self,
-        upload: &UploadRef,
-        parts: &[PartReceipt],
-    ) -> barge_store::Result<PutReceipt> {
-        if let Fault::AbortBeforeCompletion = self.fault {
-            self.inner.abort_upload(upload).await?;
-        }
-        let r = self.inner.complete_upload(upload, parts).await;
-        if let Fault::LoseFirstAnswer(lost) = &self.fault
-            && r.is_ok()
-            && !lost.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(StoreError::Transient {
-                store: self.name().to_string(),
-                op: "CompleteMultipartUpload".into(),
-                detail: "connection reset before the answer (injected)".into(),
-            });
-        }
-        r
-    }
-    async fn abort_upload(&self, upload: &UploadRef) -> barge_store::Result<()> {
-        self.inner.abort_upload(upload).await
-    }
-    async fn list_parts(&self, upload: &UploadRef) -> barge_store::Result<Vec<PartReceipt>> {
-        self.inner.list_parts(upload).await
-    }
-    async fn list_uploads(
-        &self,
-        bucket: &str,
-        prefix: &str,
-    ) -> barge_store::Result<Vec<PendingUpload>> {
-        self.inner.list_uploads(bucket, prefix).await
-    }
-    async fn delete(&self, path: &ObjectPath, version_id: Option<&str>) -> barge_store::Result<()> {
-        self.inner.delete(path, version_id).await
     }
 }
 

@@ -540,3 +540,65 @@ async fn a_connection_that_cannot_be_opened_fails_its_files_not_the_run() {
     );
     assert_eq!(bytes_of(a.as_ref(), "src", "k").await, Some(body(10, 1)));
 }
+
+/// A worker's completion refused with InvalidPart (a part moved twice landed between the list of
+/// the parts and the completion): the finalizer lists again and completes, instead of failing
+/// the file. Memory stores, the queue on a SQLite journal.
+#[tokio::test]
+async fn a_worker_lists_again_when_a_completion_is_refused_for_a_changed_part() {
+    use barge_engine::cluster::{SubmitOptions, Until, Worker, WorkerOptions, submit};
+    use barge_engine::journal::{FileState, Journal, SqlJournal};
+    let (a, b, conns) = setup();
+    put(&a, "src", "big", body(10_000, 5));
+    *b.completion_fault.lock().expect("lock") = Some(CompletionFault::InvalidPart);
+    let dir = temp_dir("relist");
+    let j = Arc::new(
+        SqlJournal::open(&dir.join("j.sqlite").to_string_lossy())
+            .await
+            .expect("journal"),
+    );
+    let spec = TransferSpec {
+        src: loc("a", "src", "big"),
+        dst: loc("b", "dst", "big"),
+    };
+    let tid = submit(
+        &conns,
+        &j,
+        vec![spec],
+        &SubmitOptions {
+            queue: "relist".into(),
+            part_size: Some(4096),
+            delete_source: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    let worker = Arc::new(Worker::new(
+        conns,
+        j.clone(),
+        WorkerOptions {
+            queue: "relist".into(),
+            ..WorkerOptions::default()
+        },
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        worker.run(
+            tokio_util::sync::CancellationToken::new(),
+            Until::Settled(tid.clone()),
+        ),
+    )
+    .await
+    .expect("settles")
+    .expect("worker");
+    let files = j.files(&tid).await.expect("files");
+    assert_eq!(files[0].state, FileState::Completed, "{files:#?}");
+    assert_eq!(files[0].plan.part_count, 3);
+    assert_eq!(
+        bytes_of(b.as_ref(), "dst", "big").await,
+        Some(body(10_000, 5))
+    );
+    assert_eq!(bytes_of(a.as_ref(), "src", "big").await, None, "moved");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -40,6 +40,15 @@ pub use metrics::Metrics;
 /// dying on it, and its log says why.
 const MAX_CLAIMS: u32 = 10;
 
+/// Completions tried by one finalize when the store answers InvalidPart (a part uploaded again
+/// since it was listed).
+const COMPLETION_TRIES: u32 = 3;
+
+/// A completion the store refused because a listed part is no longer the part it holds.
+fn is_invalid_part(e: &EngineError) -> bool {
+    matches!(e, EngineError::Store(StoreError::Permanent { detail, .. }) if detail.contains("InvalidPart"))
+}
+
 /// The most parts any store takes in one upload (local files; S3 takes 10,000): a journal row
 /// planning more was not written by barge.
 const MAX_PLANNED_PARTS: u32 = 1_000_000;
@@ -821,58 +830,72 @@ impl Worker {
             .db(|| self.journal.receipts(&task.transfer, task.file, upload_id))
             .await?;
         let exp = Expected::from_parts(plan.size, &recorded);
-        let what = format!("list of the parts of {}", plan.dst);
-        let listed = match retry(&self.opts.retry, &self.limits.stats, &what, || {
-            dst.list_parts(&upload)
-        })
-        .await
-        {
-            Ok(l) => l,
-            Err(StoreError::NoSuchUpload { .. } | StoreError::NotFound { .. }) => {
-                // Completed by a finalizer that stopped before recording it, or aborted: the
-                // destination itself says which (the same rule as a one-machine run's).
-                return match settle_vanished_upload(
-                    dst.as_ref(),
-                    plan,
-                    &exp,
-                    &self.opts.retry,
-                    &self.limits.stats,
-                )
-                .await
-                {
-                    Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
-                    Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
-                };
+        // A part moved twice (its lease expired while its slow owner was still uploading it)
+        // can land between the list and the completion: the store then refuses the completion
+        // (S3's InvalidPart: the ETag listed is not the part's latest). The parts are all there,
+        // so list again and complete again, a few times, before failing the file.
+        let mut left = COMPLETION_TRIES;
+        loop {
+            left -= 1;
+            let what = format!("list of the parts of {}", plan.dst);
+            let listed = match retry(&self.opts.retry, &self.limits.stats, &what, || {
+                dst.list_parts(&upload)
+            })
+            .await
+            {
+                Ok(l) => l,
+                Err(StoreError::NoSuchUpload { .. } | StoreError::NotFound { .. }) => {
+                    // Completed by a finalizer that stopped before recording it, or aborted:
+                    // the destination itself says which (the same rule as a one-machine run's).
+                    return match settle_vanished_upload(
+                        dst.as_ref(),
+                        plan,
+                        &exp,
+                        &self.opts.retry,
+                        &self.limits.stats,
+                    )
+                    .await
+                    {
+                        Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
+                        Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
+                    };
+                }
+                Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
+            };
+            let (receipts, redo) = if dst.capabilities().lists_parts {
+                reconcile_parts(plan.part_count, &recorded, &listed)
+            } else {
+                (recorded.clone(), Vec::new())
+            };
+            if !redo.is_empty() {
+                tracing::warn!(
+                    "{}: part(s) {redo:?} on the store differ from the journal's receipts; moving them again",
+                    plan.dst
+                );
+                return self.db(|| self.journal.redo_parts(task, &redo)).await;
             }
-            Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
-        };
-        let (receipts, redo) = if dst.capabilities().lists_parts {
-            reconcile_parts(plan.part_count, &recorded, &listed)
-        } else {
-            (recorded.clone(), Vec::new())
-        };
-        if !redo.is_empty() {
-            tracing::warn!(
-                "{}: part(s) {redo:?} on the store differ from the journal's receipts; moving them again",
-                plan.dst
-            );
-            return self.db(|| self.journal.redo_parts(task, &redo)).await;
-        }
-        match complete_and_verify(
-            dst.as_ref(),
-            src.as_ref(),
-            plan,
-            &upload,
-            &receipts,
-            &self.opts.retry,
-            &self.limits.stats,
-        )
-        .await
-        {
-            Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
-            // The upload, if it is still open, is aborted (one already completed or gone
-            // answers that it is gone, which is fine).
-            Err(e) => self.fail(task, &rec, Some(&upload), &e.to_string()).await,
+            match complete_and_verify(
+                dst.as_ref(),
+                src.as_ref(),
+                plan,
+                &upload,
+                &receipts,
+                &self.opts.retry,
+                &self.limits.stats,
+            )
+            .await
+            {
+                Ok(v) => return self.completed(task, &ctx, plan, &src, &dst, v).await,
+                Err(e) if left > 0 && is_invalid_part(&e) => {
+                    tracing::warn!(
+                        "{}: the store refused the completion ({e}); a part changed since it was listed: listing again",
+                        plan.dst
+                    );
+                }
+                // The upload, if it is still open, is aborted (one already completed or gone
+                // answers that it is gone, which is fine).
+                Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
+            }
         }
     }
 

@@ -98,6 +98,9 @@ pub enum CompletionFault {
     /// Someone else aborts the upload just before the completion (`barge cleanup`, a
     /// lifecycle rule).
     AbortedElsewhere,
+    /// The completion is refused as S3 refuses one whose listed part was uploaded again since
+    /// (InvalidPart); the upload stays open.
+    InvalidPart,
 }
 
 impl MemoryStore {
@@ -513,6 +516,14 @@ impl Store for MemoryStore {
             .take();
         if fault == Some(CompletionFault::AbortedElsewhere) {
             self.lock().uploads.remove(&upload.upload_id);
+        }
+        if fault == Some(CompletionFault::InvalidPart) {
+            return Err(StoreError::Permanent {
+                store: self.name.clone(),
+                op: "CompleteMultipartUpload".into(),
+                detail: "HTTP 400 InvalidPart: a part changed since it was listed (injected)"
+                    .into(),
+            });
         }
         let mut st = self.lock();
         let up = st
