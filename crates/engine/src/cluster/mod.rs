@@ -891,6 +891,11 @@ impl Worker {
                         "{}: the store refused the completion ({e}); a part changed since it was listed: listing again",
                         plan.dst
                     );
+                    // The other upload of that part may still be under way: give it a moment.
+                    tokio::time::sleep(Duration::from_millis(
+                        500 * u64::from(COMPLETION_TRIES - left),
+                    ))
+                    .await;
                 }
                 // The upload, if it is still open, is aborted (one already completed or gone
                 // answers that it is gone, which is fine).
