@@ -236,6 +236,10 @@ fn default_config(file: &ConfigFile) -> Result<S3Config> {
 pub struct Connections {
     file: ConfigFile,
     open: Mutex<HashMap<ConnRef, Arc<dyn Store>>>,
+    /// What each endpoint's host resolves to (`addresses`), looked up once: a command checks
+    /// identities more than once (`cp` itself, then the engine), and a slow DNS would be paid
+    /// each time.
+    addresses: Mutex<HashMap<(String, u16), Vec<String>>>,
 }
 
 impl Connections {
@@ -243,6 +247,7 @@ impl Connections {
         Self {
             file,
             open: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -258,11 +263,33 @@ impl Connections {
         Self {
             file,
             open: Mutex::new(stores.into_iter().collect()),
+            addresses: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn is_configured(&self, name: &str) -> bool {
         self.file.connections.contains_key(name)
+    }
+
+    /// The addresses `host` resolves to (an empty list when it does not resolve within 5 s),
+    /// looked up once per host and port.
+    pub async fn addresses(&self, host: &str, port: u16) -> Vec<String> {
+        let key = (host.to_string(), port);
+        let mut known = self.addresses.lock().await;
+        if let Some(a) = known.get(&key) {
+            return a.clone();
+        }
+        let found = match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(addrs)) => addrs.map(|a| a.ip().to_canonical().to_string()).collect(),
+            _ => Vec::new(),
+        };
+        known.insert(key, found.clone());
+        found
     }
 
     /// Whether `conn` reaches the local file system (`local`, or a connection of kind local).

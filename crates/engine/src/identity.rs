@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use barge_store::Endpoint;
 
@@ -73,7 +72,7 @@ fn split_url(url: &str) -> Option<(String, String, u16)> {
     Some((scheme, host, port))
 }
 
-async fn reach(url: &str) -> Reach {
+async fn reach(conns: &Connections, url: &str) -> Reach {
     let Some((scheme, host, port)) = split_url(url) else {
         return Reach {
             scheme: String::new(),
@@ -81,16 +80,9 @@ async fn reach(url: &str) -> Reach {
             names: BTreeSet::from([url.to_ascii_lowercase()]),
         };
     };
-    let mut names = BTreeSet::from([host.clone()]);
     // A name that does not resolve (or not in time) is compared as written.
-    if let Ok(Ok(addrs)) = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((host.as_str(), port)),
-    )
-    .await
-    {
-        names.extend(addrs.map(|a| a.ip().to_canonical().to_string()));
-    }
+    let mut names = BTreeSet::from([host.clone()]);
+    names.extend(conns.addresses(&host, port).await);
     Reach {
         scheme,
         port,
@@ -123,7 +115,7 @@ impl Resolver {
             if let Endpoint::Url(u) = e
                 && !reaches.contains_key(u)
             {
-                reaches.insert(u.clone(), reach(u).await);
+                reaches.insert(u.clone(), reach(conns, u).await);
             }
         }
         let same = |a: &Endpoint, b: &Endpoint| match (a, b) {
@@ -310,19 +302,20 @@ pub fn check(
         }
     }
     // A local file that other files need as their folder: the file fails, they go on.
-    let mut folders: HashSet<PathBuf> = HashSet::new();
-    for (i, s) in specs.iter().enumerate() {
-        if resolver.is_local(&s.dst) && file_errors[i].is_none() {
-            let p = resolve_path(Path::new(&s.dst.path.key));
-            folders.extend(p.ancestors().skip(1).map(Path::to_path_buf));
-        }
-    }
-    for (i, s) in specs.iter().enumerate() {
-        if resolver.is_local(&s.dst)
-            && file_errors[i].is_none()
-            && folders.contains(&resolve_path(Path::new(&s.dst.path.key)))
-        {
-            file_errors[i] = Some(format!(
+    let local_dsts: Vec<(usize, PathBuf)> = specs
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| resolver.is_local(&s.dst) && file_errors[*i].is_none())
+        .map(|(i, s)| (i, resolve_path(Path::new(&s.dst.path.key))))
+        .collect();
+    let folders: HashSet<&Path> = local_dsts
+        .iter()
+        .flat_map(|(_, p)| p.ancestors().skip(1))
+        .collect();
+    for (i, path) in &local_dsts {
+        if folders.contains(path.as_path()) {
+            let s = &specs[*i];
+            file_errors[*i] = Some(format!(
                 "{} would be written as the file {}, which other files of this transfer need as their folder: a file and a folder cannot share one name; nothing was written for it",
                 s.src, s.dst
             ));
@@ -335,13 +328,7 @@ pub fn check(
 /// folder into itself, or over the folder that holds it, is refused whatever the listing holds
 /// (as `mv` refuses it), since a later run would find its own copies among the sources.
 pub fn check_tree(resolver: &Resolver, src: &Location, dst: &Location) -> Result<()> {
-    let dir = |k: &str| {
-        if k.is_empty() || k.ends_with('/') {
-            k.to_string()
-        } else {
-            format!("{k}/")
-        }
-    };
+    let dir = crate::input::as_dir;
     let nested = match (resolver.is_local(src), resolver.is_local(dst)) {
         (true, true) => {
             let (a, b) = (

@@ -188,7 +188,8 @@ impl Filters {
     }
 }
 
-fn as_dir(prefix: &str) -> String {
+/// A prefix or folder as the parent of what is under it: ending in `/` (or empty).
+pub(crate) fn as_dir(prefix: &str) -> String {
     if prefix.is_empty() || prefix.ends_with('/') {
         prefix.to_string()
     } else {
