@@ -267,6 +267,8 @@ pub fn reconcile_parts(
     (out, redo)
 }
 
+/// The same bytes: by CRC32C where the store reports one (ETags of equal bytes may differ,
+/// with SSE-KMS for one), else by ETag.
 fn same_part(journal: &PartReceipt, store: &PartReceipt) -> bool {
     match (&journal.crc32c, &store.crc32c) {
         (Some(a), Some(b)) => same_checksum(a, b),
@@ -339,14 +341,14 @@ pub async fn prove_for_delete(
     let what = format!("read-back of {} and {}", plan.src, plan.dst);
     let (a, b) = crate::retry::retry(policy, stats, &what, || async {
         let dst_meta = dst.head(&plan.dst.path).await?;
-        let mut src_meta = src.head(&plan.src.path).await?;
-        if Pin::of(&src_meta) != plan.pin {
+        let src_meta = src.head(&plan.src.path).await?;
+        // The planned version, as a resume checks it.
+        if Pin::of(&src_meta) != plan.pin || src_meta.size != plan.size {
             return Err(barge_store::StoreError::SourceChanged {
                 store: src.name().to_string(),
                 path: plan.src.path.to_string(),
             });
         }
-        src_meta.size = src_meta.size.min(plan.size);
         Ok((
             read_crc(src, &src_meta).await?,
             read_crc(dst, &dst_meta).await?,

@@ -242,15 +242,6 @@ impl Engine {
         })
     }
 
-    /// Plan every file (stat each source); a file that cannot be planned carries its error.
-    pub async fn plan(&self, specs: &[TransferSpec]) -> Vec<Result<FilePlan>> {
-        stream::iter(specs.iter().enumerate())
-            .map(|(i, s)| self.plan_one(i, s))
-            .buffered(64)
-            .collect()
-            .await
-    }
-
     /// Plan and move every file, continuing an unfinished transfer of the same files if the
     /// journal has one. Errors of single files are in the summary; an `Err` means the run as a
     /// whole was refused before anything moved.

@@ -87,10 +87,9 @@ impl Pace {
             return;
         }
         match self.best {
-            Some((_, best)) if rate < best * GAIN => {
+            Some((k, best_rate)) if rate < best_rate * GAIN => {
                 // No gain: back to the best level, and stay a while.
                 self.climbing = false;
-                let (k, best_rate) = self.best.unwrap_or((self.target, rate));
                 if self.target == k {
                     // Settled here: the rate of this level as measured now (links change).
                     self.best = Some((k, rate.max(best_rate * 0.9)));
