@@ -334,6 +334,11 @@ fn human_exact(n: u64) -> String {
     format!("{n} bytes")
 }
 
+/// `--max-memory`, checked.
+pub fn max_memory(text: &str) -> Result<u64> {
+    size_in_range("--max-memory", text, 1, MAX_MEMORY)
+}
+
 /// `--part-size` and `--copy-part-size`, checked.
 pub fn part_sizes(part_size: &str, copy_part_size: &str) -> Result<(u64, u64)> {
     Ok((
@@ -353,7 +358,7 @@ impl Common {
     pub fn run_options(&self) -> Result<RunOptions> {
         counts(self.concurrency, self.files, self.retries)?;
         let (part_size, copy_part_size) = part_sizes(&self.part_size, &self.copy_part_size)?;
-        let max_memory = size_in_range("--max-memory", &self.max_memory, 1, MAX_MEMORY)?;
+        let max_memory = max_memory(&self.max_memory)?;
         if max_memory < part_size {
             return Err(EngineError::Input(format!(
                 "--max-memory ({}) is smaller than --part-size ({}): no part would fit; raise --max-memory or lower --part-size",

@@ -55,12 +55,7 @@ pub fn worker_options(a: &WorkerArgs) -> anyhow::Result<WorkerOptions> {
         queue: a.queue.clone(),
         concurrency: a.concurrency,
         files: a.files,
-        max_memory: crate::args::size_in_range(
-            "--max-memory",
-            &a.max_memory,
-            1,
-            crate::args::MAX_MEMORY,
-        )?,
+        max_memory: crate::args::max_memory(&a.max_memory)?,
         lease,
         journal_wait: parse_duration("--journal-wait", &a.journal_wait)?,
         allow_local: a.allow_local,

@@ -203,7 +203,6 @@ fn parse_loc(conns: &Connections, s: &str) -> anyhow::Result<Location> {
 
 type Listing = barge_engine::input::Listed;
 
-/// The files `SRC DST` (with -r: every object under SRC) names.
 /// What `cp` and `submit` are asked to copy.
 struct CpRequest<'a> {
     src: &'a str,
@@ -214,6 +213,7 @@ struct CpRequest<'a> {
     delete_source: bool,
 }
 
+/// The files `SRC DST` (with -r: every object under SRC) names.
 async fn cp_specs(
     conns: &Connections,
     r: CpRequest<'_>,
@@ -685,30 +685,6 @@ async fn verify(conns: Arc<Connections>, a: VerifyArgs) -> anyhow::Result<ExitCo
 }
 
 async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<ExitCode> {
-    // Held to the ranges of the transfer flags: the parts are buffers of this size.
-    let (part_size, concurrency) = match &cmd {
-        DebugCommand::UploadCeiling {
-            part_size,
-            concurrency,
-            size,
-            ..
-        } => {
-            args::size_in_range("--size", size, 1, 5 * barge_store::TIB)?;
-            (part_size, concurrency)
-        }
-        DebugCommand::DownloadCeiling {
-            part_size,
-            concurrency,
-            ..
-        } => (part_size, concurrency),
-    };
-    args::size_in_range("--part-size", part_size, 1, args::MAX_PART_SIZE)?;
-    args::in_range(
-        "--concurrency",
-        *concurrency as u64,
-        1,
-        args::MAX_CONCURRENCY,
-    )?;
     match cmd {
         DebugCommand::UploadCeiling {
             dst,
@@ -722,6 +698,23 @@ async fn debug(conns: Arc<Connections>, cmd: DebugCommand) -> anyhow::Result<Exi
             concurrency,
         } => download_ceiling(conns, src, part_size, concurrency).await,
     }
+}
+
+/// A ceiling command's `--part-size` and `--concurrency`, held to the transfer flags' ranges
+/// (its parts are buffers of that size): the part size.
+fn ceiling_flags(part_size: &str, concurrency: usize) -> anyhow::Result<u64> {
+    args::in_range(
+        "--concurrency",
+        concurrency as u64,
+        1,
+        args::MAX_CONCURRENCY,
+    )?;
+    Ok(args::size_in_range(
+        "--part-size",
+        part_size,
+        1,
+        args::MAX_PART_SIZE,
+    )?)
 }
 
 /// What a ceiling command prints: the bytes, the time, the rate.
@@ -745,8 +738,8 @@ async fn upload_ceiling(
 ) -> anyhow::Result<ExitCode> {
     use futures::StreamExt;
     let loc = parse_loc(&conns, &dst)?;
-    let size = barge_engine::size::parse_size(&size)?;
-    let ps = barge_engine::size::parse_size(&part_size)?.max(1);
+    let size = args::size_in_range("--size", &size, 1, 5 * barge_store::TIB)?;
+    let ps = ceiling_flags(&part_size, concurrency)?;
     let store = conns.get(&loc.conn).await?;
     let buf = bytes::Bytes::from(
         (0..ps)
@@ -776,7 +769,7 @@ async fn upload_ceiling(
                 store.upload_part(&up, &p, data, Some(c)).await
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(concurrency)
         .collect()
         .await;
     let mut receipts = Vec::new();
@@ -806,7 +799,7 @@ async fn download_ceiling(
 ) -> anyhow::Result<ExitCode> {
     use futures::StreamExt;
     let loc = parse_loc(&conns, &src)?;
-    let ps = barge_engine::size::parse_size(&part_size)?.max(1);
+    let ps = ceiling_flags(&part_size, concurrency)?;
     let store = conns.get(&loc.conn).await?;
     let t0 = std::time::Instant::now();
     let meta = store.head(&loc.path).await?;
@@ -824,7 +817,7 @@ async fn download_ceiling(
                 Ok::<u64, barge_store::StoreError>(n)
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(concurrency)
         .collect()
         .await;
     let mut total = 0;
