@@ -55,6 +55,17 @@ async fn store(name: &str) -> Arc<dyn Store> {
         .expect("connect")
 }
 
+/// Run `worker` until transfer `tid` settles, at most a minute (`why` says what it means if not).
+async fn settle(worker: &Arc<Worker>, tid: &str, why: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.run(CancellationToken::new(), Until::Settled(tid.to_string())),
+    )
+    .await
+    .expect(why)
+    .expect("worker");
+}
+
 async fn journal() -> Arc<SqlJournal> {
     Arc::new(SqlJournal::open(&pg_url()).await.expect("open the journal"))
 }
@@ -777,13 +788,12 @@ async fn a_lease_whose_claim_answer_was_lost_expires_and_the_work_is_done() {
             ..WorkerOptions::default()
         },
     ));
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        worker.run(CancellationToken::new(), Until::Settled(tid.clone())),
+    settle(
+        &worker,
+        &tid,
+        "the transfer never settled: the lost lease was renewed forever",
     )
-    .await
-    .expect("the transfer never settled: the lost lease was renewed forever")
-    .expect("run");
+    .await;
     let t = j.transfer(&tid).await.expect("read").expect("transfer");
     assert_eq!(t.state, TransferState::Done);
     assert_eq!(sha256(&read(gb.as_ref(), "dst", &key).await), sha256(&body));
@@ -852,13 +862,7 @@ async fn a_worker_refuses_journal_rows_naming_local_files_or_unknown_connections
             ..WorkerOptions::default()
         },
     ));
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        worker.run(CancellationToken::new(), Until::Settled(tid.clone())),
-    )
-    .await
-    .expect("the transfer settles")
-    .expect("worker");
+    settle(&worker, &tid, "the transfer never settled").await;
     let files = j.files(&tid).await.expect("files");
     assert!(
         files.iter().all(|f| f.state == FileState::Failed),
@@ -936,13 +940,7 @@ async fn a_worker_refuses_a_plan_no_barge_would_make() {
         .execute(&mut c)
         .await
         .expect("rewrite the plan");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        worker.run(CancellationToken::new(), Until::Settled(tid.clone())),
-    )
-    .await
-    .expect("the transfer settles")
-    .expect("worker");
+    settle(&worker, &tid, "the transfer never settled").await;
     let files = j.files(&tid).await.expect("files");
     assert_eq!(files[0].state, FileState::Failed, "{files:#?}");
     let e = files[0].error.clone().unwrap_or_default();

@@ -1,6 +1,8 @@
 //! Fast tests of the engine's rules against the in-memory store. The same behaviours are proven
 //! against a real S3 server in crates/cli/tests.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,13 +19,7 @@ use barge_engine::run::{Engine, RunOptions};
 use barge_store::memory::MemoryStore;
 use barge_store::{Capabilities, ObjectAttrs, ObjectPath, Store};
 use bytes::Bytes;
-
-fn caps() -> Capabilities {
-    Capabilities {
-        min_part_size: 1024,
-        ..Capabilities::s3()
-    }
-}
+use common::{caps, loc};
 
 fn body(len: usize) -> Bytes {
     Bytes::from((0..len).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())
@@ -43,13 +39,6 @@ fn opts() -> RunOptions {
             max_delay: Duration::from_millis(5),
         },
         ..RunOptions::default()
-    }
-}
-
-fn loc(conn: &str, bucket: &str, key: &str) -> Location {
-    Location {
-        conn: ConnRef::Named(conn.into()),
-        path: ObjectPath::new(bucket, key),
     }
 }
 

@@ -2,6 +2,8 @@
 //! files: what it refuses before anything moves, what fails file by file, and when a source may
 //! be deleted. The same rules are proven against Garage in crates/cli/tests/trust.rs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +17,9 @@ use barge_engine::report::{Observer, Status, Verification};
 use barge_engine::retry::RetryPolicy;
 use barge_engine::run::{Engine, RunOptions};
 use barge_store::memory::{CompletionFault, MemoryStore};
-use barge_store::{Capabilities, ObjectAttrs, ObjectPath, Pin, Store};
+use barge_store::{ObjectAttrs, ObjectPath, Pin, Store};
 use bytes::Bytes;
-
-fn caps() -> Capabilities {
-    Capabilities {
-        min_part_size: 1024,
-        ..Capabilities::s3()
-    }
-}
+use common::{caps, loc};
 
 fn body(len: usize, seed: u8) -> Bytes {
     Bytes::from(
@@ -48,13 +44,6 @@ fn opts(delete_source: bool) -> RunOptions {
             max_delay: Duration::from_millis(5),
         },
         ..RunOptions::default()
-    }
-}
-
-fn loc(conn: &str, bucket: &str, key: &str) -> Location {
-    Location {
-        conn: ConnRef::Named(conn.into()),
-        path: ObjectPath::new(bucket, key),
     }
 }
 
