@@ -81,9 +81,10 @@ impl Observer for Progress {
         });
     }
 
+    /// Files are planned as they start: the total grows with each.
     fn planned(&self, plans: &[FilePlan]) {
         if let Some(b) = &self.bars {
-            b.total.set_length(plans.iter().map(|p| p.size).sum());
+            b.total.inc_length(plans.iter().map(|p| p.size).sum());
         }
     }
 

@@ -19,6 +19,7 @@ pub mod report;
 pub mod retry;
 pub mod run;
 pub mod size;
+pub mod steps;
 pub mod worker;
 
 pub use error::{EngineError, Result};

@@ -12,6 +12,7 @@ use crate::plan::{FilePlan, Strategy};
 pub trait Observer: Send + Sync {
     /// The run has a transfer id (new, or an earlier one it resumes).
     fn transfer_started(&self, _id: &str, _resumed: bool) {}
+    /// These files are planned (called as files are planned, a few at a time or one by one).
     fn planned(&self, _plans: &[FilePlan]) {}
     fn file_started(&self, _plan: &FilePlan) {}
     /// `bytes` more of file `file` are done.

@@ -14,24 +14,26 @@ mod pace;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use barge_store::{ChecksumMode, Store, StoreError, UploadRef};
+use barge_store::{Store, UploadRef};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
-use crate::finalize::{Expected, complete_and_verify, reconcile_parts, settle_vanished_upload};
 use crate::input::TransferSpec;
-use crate::journal::queue::{Task, TaskKind};
-use crate::journal::{FileRecord, FileState, Journal, SqlJournal, TransferRecord, TransferState};
+use crate::journal::queue::{Task, TaskKind, WorkQueue};
+use crate::journal::{
+    FileId, FileRecord, FileState, Journal, SqlJournal, TransferRecord, TransferState,
+};
 use crate::location::ConnRef;
 use crate::plan::{FilePlan, PlanOptions};
-use crate::report::{FileOutcome, Status, Summary, Verification};
-use crate::retry::{RetryPolicy, retry};
-use crate::run::{Engine, RunOptions, TransferRequest, fingerprint};
+use crate::report::{FileOutcome, Observer, Silent, Status, Summary, Verification};
+use crate::retry::RetryPolicy;
+use crate::run::{TransferRequest, fingerprint};
+use crate::steps::{Finished, Steps};
 use crate::worker::{Limits, move_part};
 
 pub use metrics::Metrics;
@@ -39,15 +41,6 @@ pub use metrics::Metrics;
 /// A task claimed more often than this without finishing fails its file: some worker keeps
 /// dying on it, and its log says why.
 const MAX_CLAIMS: u32 = 10;
-
-/// Completions tried by one finalize when the store answers InvalidPart (a part uploaded again
-/// since it was listed).
-const COMPLETION_TRIES: u32 = 3;
-
-/// A completion the store refused because a listed part is no longer the part it holds.
-fn is_invalid_part(e: &EngineError) -> bool {
-    matches!(e, EngineError::Store(StoreError::Permanent { detail, .. }) if detail.contains("InvalidPart"))
-}
 
 /// The most parts any store takes in one upload (local files; S3 takes 10,000): a journal row
 /// planning more was not written by barge.
@@ -185,16 +178,22 @@ pub enum Until {
     Settled(String),
 }
 
-/// One transfer as a worker needs it: the request, and an engine planned with its options.
+/// One transfer as a worker needs it: the request, and the steps planned with its options.
 struct TransferCtx {
     request: TransferRequest,
-    engine: Engine,
+    steps: Steps,
     queue: String,
+}
+
+/// When a file started here, and the bytes it moved through this process (for its outcome).
+struct FileClock {
+    started: Instant,
+    bytes: u64,
 }
 
 pub struct Worker {
     conns: Arc<Connections>,
-    journal: Arc<SqlJournal>,
+    queue: Arc<dyn WorkQueue>,
     opts: WorkerOptions,
     limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
@@ -205,6 +204,17 @@ pub struct Worker {
     /// than raise its throughput, so others find parts to claim.
     parts_running: AtomicUsize,
     pace: std::sync::Mutex<pace::Pace>,
+    observer: Arc<dyn Observer>,
+    clocks: std::sync::Mutex<HashMap<(String, FileId), FileClock>>,
+    parts_reused: AtomicU64,
+    /// On a queue of its own (not shared), a task that cannot record its outcome stops the
+    /// run: nobody else will take the task up. The first such error is kept for the caller.
+    halt: CancellationToken,
+    first_error: std::sync::Mutex<Option<EngineError>>,
+    /// On a queue of its own, cancelled when the run stops: part and finalize tasks in flight
+    /// are dropped (what they recorded stays recorded), a plan task stops at its next step
+    /// that records nothing (an upload it opened is always recorded first).
+    quit: CancellationToken,
 }
 
 /// A task's place in [`Worker::running`], given up when the task ends however it ends.
@@ -232,24 +242,61 @@ impl Drop for Running<'_> {
 }
 
 impl Worker {
-    pub fn new(conns: Arc<Connections>, journal: Arc<SqlJournal>, opts: WorkerOptions) -> Self {
+    pub fn new<Q: WorkQueue + 'static>(
+        conns: Arc<Connections>,
+        queue: Arc<Q>,
+        opts: WorkerOptions,
+    ) -> Self {
         let limits = Arc::new(Limits::new(
             opts.concurrency,
             opts.files,
             opts.max_memory,
             opts.retry.clone(),
         ));
+        Self::with_limits(conns, queue, opts, limits)
+    }
+
+    pub(crate) fn with_limits(
+        conns: Arc<Connections>,
+        queue: Arc<dyn WorkQueue>,
+        opts: WorkerOptions,
+        limits: Arc<Limits>,
+    ) -> Self {
         Self {
             pace: std::sync::Mutex::new(pace::Pace::new(opts.concurrency)),
             conns,
-            journal,
+            queue,
             opts,
             limits,
             metrics: Arc::new(Metrics::default()),
             transfers: Default::default(),
             running: Default::default(),
             parts_running: AtomicUsize::new(0),
+            observer: Arc::new(Silent),
+            clocks: Default::default(),
+            parts_reused: AtomicU64::new(0),
+            halt: CancellationToken::new(),
+            first_error: Default::default(),
+            quit: CancellationToken::new(),
         }
+    }
+
+    pub(crate) fn with_observer(mut self, o: Arc<dyn Observer>) -> Self {
+        self.observer = o;
+        self
+    }
+
+    /// Work on a transfer with steps given here (a listing's metadata, the caller's options)
+    /// instead of the ones its journal record asks for.
+    pub(crate) async fn adopt(&self, id: &str, request: TransferRequest, steps: Steps) {
+        self.transfers.lock().await.insert(
+            id.to_string(),
+            Arc::new(TransferCtx {
+                request,
+                steps,
+                queue: self.opts.queue.clone(),
+            }),
+        );
     }
 
     pub fn id(&self) -> &str {
@@ -261,20 +308,34 @@ impl Worker {
         self.limits.stats.retries.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn parts_reused(&self) -> u64 {
+        self.parts_reused.load(Ordering::Relaxed)
+    }
+
+    /// The error that stopped a worker on a queue of its own, if one did.
+    pub(crate) fn take_error(&self) -> Option<EngineError> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     /// Claim and do work until `until`; then finish what is in flight and give back any lease
     /// still held. An `Err` means the journal stayed unreachable longer than `journal_wait`.
     pub async fn run(self: &Arc<Self>, stop: CancellationToken, until: Until) -> Result<()> {
         let lease_ms = self.opts.lease.as_millis().max(1) as u64;
         let housekeeping = CancellationToken::new();
-        let hk = {
+        let hk = self.queue.shared().then(|| {
             let me = self.clone();
             let done = housekeeping.clone();
             tokio::spawn(async move { me.housekeeping(done, lease_ms).await })
-        };
+        });
         let result = self.claim_loop(&stop, &until, lease_ms).await;
         housekeeping.cancel();
-        let _ = hk.await;
-        if let Err(e) = self.journal.release(&self.opts.id).await {
+        if let Some(hk) = hk {
+            let _ = hk.await;
+        }
+        if let Err(e) = self.queue.release(&self.opts.id).await {
             tracing::warn!("could not give back leases (they expire by themselves): {e}");
         }
         result
@@ -286,6 +347,21 @@ impl Worker {
         until: &Until,
         lease_ms: u64,
     ) -> Result<()> {
+        let shared = self.queue.shared();
+        // On a queue of its own a stopped run leaves at once (see `quit`).
+        let quit = self.quit.clone();
+        let _quit_on_drop = (!shared).then(|| quit.clone().drop_guard());
+        if !shared {
+            let (stop, halt, quit) = (stop.clone(), self.halt.clone(), quit.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = halt.cancelled() => {}
+                    _ = quit.cancelled() => return,
+                }
+                quit.cancel();
+            });
+        }
         let mut set: JoinSet<()> = JoinSet::new();
         // File-level tasks under way (part tasks: `self.parts_running`), each against its own
         // limit.
@@ -295,21 +371,26 @@ impl Worker {
         let mut idle_wait = poll_min;
         let result = loop {
             while let Some(r) = set.try_join_next() {
-                if let Err(e) = r {
+                if let Err(e) = r
+                    && e.is_panic()
+                {
                     tracing::error!("a task panicked: {e}");
                 }
             }
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || self.halt.is_cancelled() {
                 break Ok(());
             }
             let held = self.parts_running.load(Ordering::SeqCst);
-            let free_parts = {
+            let free_parts = if shared {
                 let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
                 if held == 0 {
                     // Time without parts is not a rate: the next window starts now.
                     pace.idle(Instant::now());
                 }
                 pace.target().saturating_sub(held)
+            } else {
+                // Alone on its queue, nothing is gained by holding back.
+                self.opts.concurrency.saturating_sub(held)
             };
             let free_files = self
                 .opts
@@ -321,7 +402,7 @@ impl Worker {
                 let t0 = Instant::now();
                 let claimed = self
                     .db(|| {
-                        self.journal.claim_split(
+                        self.queue.claim_split(
                             &self.opts.id,
                             &self.opts.queue,
                             free_parts,
@@ -364,13 +445,21 @@ impl Worker {
                         files.fetch_add(1, Ordering::SeqCst);
                     }
                     self.metrics.parts_in_flight.inc();
+                    let quit = quit.clone();
                     set.spawn(async move {
-                        me.execute(t).await;
-                        me.metrics.parts_in_flight.dec();
-                        if part {
-                            me.parts_running.fetch_sub(1, Ordering::SeqCst);
+                        // Counted back however the task ends, dropped included.
+                        let _count = Counted {
+                            me: &me,
+                            files: &files,
+                            part,
+                        };
+                        if shared || t.kind == TaskKind::Plan {
+                            me.execute(t).await;
                         } else {
-                            files.fetch_sub(1, Ordering::SeqCst);
+                            tokio::select! {
+                                _ = me.execute(t) => {}
+                                _ = quit.cancelled() => {}
+                            }
                         }
                     });
                 }
@@ -383,17 +472,23 @@ impl Worker {
                 let finished = match until {
                     Until::Stopped => false,
                     Until::Idle => {
-                        self.db(|| self.journal.unfinished_work(&self.opts.queue))
+                        self.db(|| self.queue.unfinished_work(&self.opts.queue))
                             .await?
                             == 0
                     }
                     Until::Settled(tid) => !matches!(
-                        self.db(|| self.journal.transfer_state(tid)).await?,
+                        self.db(|| self.queue.transfer_state(tid)).await?,
                         Some(TransferState::Running)
                     ),
                 };
                 if finished {
                     break Ok(());
+                }
+                if !shared && self.queue.unfinished_work(&self.opts.queue).await? == 0 {
+                    // Nothing left to do, and yet files are open: waiting would be for ever.
+                    break Err(EngineError::Journal(
+                        "the run's queue holds unfinished files but no work for them".into(),
+                    ));
                 }
             }
             let wait = if got == 0 {
@@ -408,12 +503,18 @@ impl Worker {
                 _ = set.join_next(), if !set.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => {}
+                _ = self.halt.cancelled() => {}
             }
         };
         // What is in flight finishes (a part takes seconds); a second signal kills the process
-        // and its leases expire instead.
+        // and its leases expire instead. On a queue of its own, it is dropped (see `quit`).
+        if !shared {
+            quit.cancel();
+        }
         while let Some(r) = set.join_next().await {
-            if let Err(e) = r {
+            if let Err(e) = r
+                && e.is_panic()
+            {
                 tracing::error!("a task panicked: {e}");
             }
         }
@@ -437,11 +538,11 @@ impl Worker {
                 .cloned()
                 .collect();
             if !running.is_empty()
-                && let Err(e) = self.journal.renew(&self.opts.id, &running, lease_ms).await
+                && let Err(e) = self.queue.renew(&self.opts.id, &running, lease_ms).await
             {
                 tracing::warn!("cannot renew leases: {e}");
             }
-            match self.journal.reclaim_expired().await {
+            match self.queue.reclaim_expired().await {
                 Ok(0) => {}
                 Ok(n) => {
                     self.metrics.leases_reclaimed.inc_by(n);
@@ -490,35 +591,28 @@ impl Worker {
         if let Some(t) = cache.get(id) {
             return Ok(t.clone());
         }
-        let record = self
-            .db(|| self.journal.transfer(id))
+        let (record, queue) = self
+            .db(|| self.queue.transfer_request(id))
             .await?
             .ok_or_else(|| EngineError::Journal(format!("transfer {id} is not in the journal")))?;
-        let queue = self
-            .db(|| self.journal.submitted_queue(id))
-            .await?
-            .unwrap_or_default();
         let request: TransferRequest = serde_json::from_str(&record.spec)
             .map_err(|e| EngineError::Journal(format!("transfer {id}: unreadable request: {e}")))?;
         let defaults = PlanOptions::default();
-        let opts = RunOptions {
+        let steps = Steps {
+            conns: self.conns.clone(),
             plan: PlanOptions {
                 part_size: request.part_size.unwrap_or(defaults.part_size),
                 copy_part_size: request.copy_part_size.unwrap_or(defaults.copy_part_size),
                 max_memory: self.opts.max_memory,
             },
-            concurrency: self.opts.concurrency,
-            files: self.opts.files,
-            delete_source: request.delete_source,
             retry: self.opts.retry.clone(),
-            ..RunOptions::default()
+            delete_source: request.delete_source,
+            limits: self.limits.clone(),
+            listing: HashMap::new(),
         };
-        let engine = Engine::new(self.conns.clone(), opts)
-            .with_limits(self.limits.clone())
-            .with_journal(self.journal.clone() as Arc<dyn Journal>);
         let ctx = Arc::new(TransferCtx {
             request,
-            engine,
+            steps,
             queue,
         });
         cache.insert(id.to_string(), ctx.clone());
@@ -526,7 +620,8 @@ impl Worker {
     }
 
     /// Do one task. Store errors fail the file (as in a one-machine run); a journal that stays
-    /// unreachable leaves the task to expire and be claimed again.
+    /// unreachable leaves the task to expire and be claimed again, or, on a queue of this
+    /// process's own, stops the run.
     pub async fn execute(&self, task: Task) {
         let _running = Running::new(&self.running, &task);
         let result = match task.kind {
@@ -542,11 +637,18 @@ impl Worker {
                 task.file,
                 task.transfer
             );
+            if !self.queue.shared() {
+                self.first_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+                self.halt.cancel();
+            }
         }
     }
 
     async fn file(&self, task: &Task) -> Result<FileRecord> {
-        self.db(|| self.journal.file(&task.transfer, task.file))
+        self.db(|| self.queue.file(&task.transfer, task.file))
             .await?
             .ok_or_else(|| {
                 EngineError::Journal(format!(
@@ -561,7 +663,10 @@ impl Worker {
     /// with `--allow-local`, and (once planned) part sizes, counts and numbers that agree and
     /// are in range. Why it cannot be worked on, if it cannot.
     fn check_row(&self, rec: &FileRecord, task: &Task) -> std::result::Result<(), RowProblem> {
-        self.check_locations(rec).map_err(RowProblem::Locations)?;
+        // A queue of this process's own holds only the rows it made from its own command.
+        if self.queue.shared() {
+            self.check_locations(rec).map_err(RowProblem::Locations)?;
+        }
         self.check_plan(rec, task).map_err(RowProblem::Plan)
     }
 
@@ -638,18 +743,11 @@ impl Worker {
         };
         if matches!(rec.state, FileState::Completed | FileState::Failed) {
             tracing::error!("{msg}");
-            self.db(|| self.journal.task_done(task, &self.opts.id))
+            self.db(|| self.queue.task_done(task, &self.opts.id))
                 .await?;
             return Ok(());
         }
         self.fail(task, rec, upload.as_ref(), &msg).await
-    }
-
-    async fn stores(&self, plan: &FilePlan) -> Result<(Arc<dyn Store>, Arc<dyn Store>)> {
-        Ok((
-            self.conns.get(&plan.src.conn).await?,
-            self.conns.get(&plan.dst.conn).await?,
-        ))
     }
 
     async fn plan_task(&self, task: &Task) -> Result<()> {
@@ -659,73 +757,137 @@ impl Worker {
             return self.refuse_row(task, &rec, problem).await;
         }
         if matches!(rec.state, FileState::Completed | FileState::Failed) {
-            self.db(|| self.journal.task_done(task, &self.opts.id))
+            self.db(|| self.queue.task_done(task, &self.opts.id))
                 .await?;
             return Ok(());
         }
         if task.claims > MAX_CLAIMS {
             return self.fail(task, &rec, None, &too_many_claims(task)).await;
         }
+        self.clock(task);
+        if let (FileState::Uploading, Some(upload_id)) = (rec.state, &rec.upload_id) {
+            return self.continue_task(task, &ctx, &rec, upload_id).await;
+        }
         let spec = TransferSpec {
             src: rec.plan.src.clone(),
             dst: rec.plan.dst.clone(),
         };
-        let plan = match ctx.engine.plan_one(task.file, &spec).await {
+        let plan = match self.unless_quit(ctx.steps.plan_one(task.file, &spec)).await {
             Ok(p) => p,
+            Err(EngineError::Cancelled) => return Ok(()),
             Err(e) => return self.fail(task, &rec, None, &e.to_string()).await,
         };
-        self.db(|| {
-            self.journal
-                .save_plans(&task.transfer, std::slice::from_ref(&plan))
-        })
-        .await?;
-        let (src, dst) = match self.stores(&plan).await {
+        self.db(|| self.queue.save_plan(&task.transfer, &plan))
+            .await?;
+        self.observer.planned(std::slice::from_ref(&plan));
+        self.observer.file_started(&plan);
+        let (src, dst) = match ctx.steps.stores(&plan).await {
             Ok(s) => s,
             Err(e) => return self.fail(task, &rec, None, &e.to_string()).await,
         };
         if !plan.strategy.is_multipart() {
-            return match ctx.engine.move_whole_verified(&plan, &src, &dst).await {
+            let moved = self.unless_quit(ctx.steps.move_whole_verified(&plan, &src, &dst));
+            return match moved.await {
                 Ok(v) => {
                     if !plan.strategy.is_server_side() {
-                        self.metrics.bytes_moved.inc_by(plan.size);
+                        self.moved(task, plan.size);
                     }
+                    self.observer.progress(plan.id, plan.size);
                     self.completed(task, &ctx, &plan, &src, &dst, v).await
                 }
-                Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
+                Err(EngineError::Cancelled) => Ok(()),
+                Err(e) => self.fail_planned(task, &plan, None, &e.to_string()).await,
             };
         }
-        let what = format!("start of upload to {}", plan.dst);
-        let upload = match retry(&self.opts.retry, &self.limits.stats, &what, || {
-            dst.create_upload(&plan.dst.path, &plan.attrs, ChecksumMode::Crc32c)
-        })
-        .await
-        {
+        let upload = match self.unless_quit(ctx.steps.start_upload(&plan, &dst)).await {
             Ok(u) => u,
-            Err(e) => return self.fail(task, &rec, None, &e.to_string()).await,
+            Err(EngineError::Cancelled) => return Ok(()),
+            Err(e) => return self.fail_planned(task, &plan, None, &e.to_string()).await,
         };
+        let all: Vec<u32> = (1..=plan.part_count).collect();
         let started = self
             .db(|| {
-                self.journal.start_parts(
-                    task,
-                    &self.opts.id,
-                    &upload.upload_id,
-                    plan.part_count,
-                    &ctx.queue,
-                )
+                self.queue
+                    .start_parts(task, &self.opts.id, &upload.upload_id, &all, &ctx.queue)
             })
             .await;
         match started {
             Ok(true) => Ok(()),
             Ok(false) => {
                 // Another worker took this file over: the upload started here is not recorded.
-                ctx.engine.abort(dst.as_ref(), &upload).await;
+                ctx.steps.abort(dst.as_ref(), &upload).await;
                 Ok(())
             }
             Err(e) => {
-                ctx.engine.abort(dst.as_ref(), &upload).await;
+                ctx.steps.abort(dst.as_ref(), &upload).await;
                 Err(e)
             }
         }
+    }
+
+    /// A file whose upload an earlier run started: check the source is still the version
+    /// planned, keep the parts the store confirms, and queue the rest (or its finalize).
+    async fn continue_task(
+        &self,
+        task: &Task,
+        ctx: &TransferCtx,
+        rec: &FileRecord,
+        upload_id: &str,
+    ) -> Result<()> {
+        let plan = &rec.plan;
+        self.observer.planned(std::slice::from_ref(plan));
+        self.observer.file_started(plan);
+        let (src, dst) = match ctx.steps.stores(plan).await {
+            Ok(s) => s,
+            Err(e) => return self.fail(task, rec, None, &e.to_string()).await,
+        };
+        let upload = UploadRef {
+            path: plan.dst.path.clone(),
+            upload_id: upload_id.to_string(),
+        };
+        let recorded = self
+            .db(|| self.queue.receipts(&task.transfer, task.file, upload_id))
+            .await?;
+        let kept = match self
+            .unless_quit(
+                ctx.steps
+                    .continue_upload(plan, &src, &dst, &upload, recorded),
+            )
+            .await
+        {
+            Err(EngineError::Cancelled) => return Ok(()),
+            Ok(Some(kept)) => kept,
+            Ok(None) => {
+                // The upload is gone: plan the file afresh (its source may have changed too).
+                let mut fresh = rec.clone();
+                fresh.state = FileState::Planned;
+                fresh.upload_id = None;
+                self.db(|| self.queue.save_plan(&task.transfer, &fresh.plan))
+                    .await?;
+                return Box::pin(self.plan_task(task)).await;
+            }
+            Err(e) => return self.fail(task, rec, None, &e.to_string()).await,
+        };
+        let reused: u64 = plan
+            .parts()
+            .iter()
+            .filter(|p| kept.contains(&p.number))
+            .map(|p| p.len)
+            .sum();
+        if !kept.is_empty() {
+            self.parts_reused
+                .fetch_add(kept.len() as u64, Ordering::Relaxed);
+            self.observer.progress(plan.id, reused);
+        }
+        let missing: Vec<u32> = (1..=plan.part_count)
+            .filter(|n| !kept.contains(n))
+            .collect();
+        self.db(|| {
+            self.queue
+                .start_parts(task, &self.opts.id, upload_id, &missing, &ctx.queue)
+        })
+        .await?;
+        Ok(())
     }
 
     async fn part_task(&self, task: &Task) -> Result<()> {
@@ -736,7 +898,7 @@ impl Worker {
         }
         let (Some(upload_id), FileState::Uploading) = (&rec.upload_id, rec.state) else {
             // The file failed, was aborted or was re-planned meanwhile: nothing to do.
-            self.db(|| self.journal.task_done(task, &self.opts.id))
+            self.db(|| self.queue.task_done(task, &self.opts.id))
                 .await?;
             return Ok(());
         };
@@ -759,14 +921,14 @@ impl Worker {
                 task.number, task.file, task.transfer
             )));
         };
-        let (src, dst) = self.stores(plan).await?;
+        let (src, dst) = ctx.steps.stores(plan).await?;
         match move_part(&self.limits, &src, &dst, plan, &upload, part).await {
             Ok(receipt) => {
                 if !plan.strategy.is_server_side() {
-                    self.metrics.bytes_moved.inc_by(part.len);
+                    self.moved(task, part.len);
                 }
                 self.metrics.parts_done.inc();
-                {
+                if self.queue.shared() {
                     let held = self.parts_running.load(Ordering::SeqCst);
                     let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
                     let before = pace.target();
@@ -776,7 +938,7 @@ impl Worker {
                     }
                 }
                 self.db(|| {
-                    self.journal.part_recorded(
+                    self.queue.part_recorded(
                         task,
                         &self.opts.id,
                         &upload.upload_id,
@@ -785,6 +947,7 @@ impl Worker {
                     )
                 })
                 .await?;
+                self.observer.progress(plan.id, part.len);
                 Ok(())
             }
             Err(e) => {
@@ -793,7 +956,7 @@ impl Worker {
                 // failure of the file.
                 let now = self.file(task).await?;
                 if now.state != FileState::Uploading || now.upload_id != rec.upload_id {
-                    self.db(|| self.journal.task_done(task, &self.opts.id))
+                    self.db(|| self.queue.task_done(task, &self.opts.id))
                         .await?;
                     return Ok(());
                 }
@@ -809,7 +972,7 @@ impl Worker {
             return self.refuse_row(task, &rec, problem).await;
         }
         let plan = &rec.plan;
-        let (src, dst) = self.stores(plan).await?;
+        let (src, dst) = ctx.steps.stores(plan).await?;
         if rec.state == FileState::Completed {
             // An earlier finalizer recorded the completion and stopped before the rest: how it
             // verified is not recorded, so a source to delete is proven again.
@@ -818,7 +981,7 @@ impl Worker {
                 .await;
         }
         let (Some(upload_id), FileState::Uploading) = (&rec.upload_id, rec.state) else {
-            self.db(|| self.journal.task_done(task, &self.opts.id))
+            self.db(|| self.queue.task_done(task, &self.opts.id))
                 .await?;
             return Ok(());
         };
@@ -827,80 +990,18 @@ impl Worker {
             upload_id: upload_id.clone(),
         };
         let recorded = self
-            .db(|| self.journal.receipts(&task.transfer, task.file, upload_id))
+            .db(|| self.queue.receipts(&task.transfer, task.file, upload_id))
             .await?;
-        let exp = Expected::from_parts(plan.size, &recorded);
-        // A part moved twice (its lease expired while its slow owner was still uploading it)
-        // can land between the list and the completion: the store then refuses the completion
-        // (S3's InvalidPart: the ETag listed is not the part's latest). The parts are all there,
-        // so list again and complete again, a few times, before failing the file.
-        let mut left = COMPLETION_TRIES;
-        loop {
-            left -= 1;
-            let what = format!("list of the parts of {}", plan.dst);
-            let listed = match retry(&self.opts.retry, &self.limits.stats, &what, || {
-                dst.list_parts(&upload)
-            })
+        match ctx
+            .steps
+            .finish_upload(plan, &src, &dst, &upload, &recorded)
             .await
-            {
-                Ok(l) => l,
-                Err(StoreError::NoSuchUpload { .. } | StoreError::NotFound { .. }) => {
-                    // Completed by a finalizer that stopped before recording it, or aborted:
-                    // the destination itself says which (the same rule as a one-machine run's).
-                    return match settle_vanished_upload(
-                        dst.as_ref(),
-                        plan,
-                        &exp,
-                        &self.opts.retry,
-                        &self.limits.stats,
-                    )
-                    .await
-                    {
-                        Ok(v) => self.completed(task, &ctx, plan, &src, &dst, v).await,
-                        Err(e) => self.fail(task, &rec, None, &e.to_string()).await,
-                    };
-                }
-                Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
-            };
-            let (receipts, redo) = if dst.capabilities().lists_parts {
-                reconcile_parts(plan.part_count, &recorded, &listed)
-            } else {
-                (recorded.clone(), Vec::new())
-            };
-            if !redo.is_empty() {
-                tracing::warn!(
-                    "{}: part(s) {redo:?} on the store differ from the journal's receipts; moving them again",
-                    plan.dst
-                );
-                return self.db(|| self.journal.redo_parts(task, &redo)).await;
-            }
-            match complete_and_verify(
-                dst.as_ref(),
-                src.as_ref(),
-                plan,
-                &upload,
-                &receipts,
-                &self.opts.retry,
-                &self.limits.stats,
-            )
-            .await
-            {
-                Ok(v) => return self.completed(task, &ctx, plan, &src, &dst, v).await,
-                Err(e) if left > 0 && is_invalid_part(&e) => {
-                    tracing::warn!(
-                        "{}: the store refused the completion ({e}); a part changed since it was listed: listing again",
-                        plan.dst
-                    );
-                    // The other upload of that part may still be under way: give it a moment.
-                    tokio::time::sleep(Duration::from_millis(
-                        500 * u64::from(COMPLETION_TRIES - left),
-                    ))
-                    .await;
-                }
-                // The upload, if it is still open, is aborted (one already completed or gone
-                // answers that it is gone, which is fine).
-                Err(e) => return self.fail(task, &rec, Some(&upload), &e.to_string()).await,
-            }
+        {
+            Ok(Finished::Verified(v)) => self.completed(task, &ctx, plan, &src, &dst, v).await,
+            Ok(Finished::Redo(parts)) => self.db(|| self.queue.redo_parts(task, &parts)).await,
+            // The upload, if it is still open, is aborted (one already completed or gone
+            // answers that it is gone, which is fine).
+            Err(e) => self.fail(task, &rec, Some(&upload), &e.to_string()).await,
         }
     }
 
@@ -915,30 +1016,66 @@ impl Worker {
         dst: &Arc<dyn Store>,
         verified: Verification,
     ) -> Result<()> {
-        self.db(|| {
-            self.journal
-                .file_state(&task.transfer, task.file, FileState::Completed, None)
-        })
-        .await?;
-        if ctx.request.delete_source
-            && let Err(e) = ctx
-                .engine
+        // Recorded as done before the source goes: a crash between the two must not leave a
+        // journal that sends a resume looking for a source that is already deleted. Without a
+        // source to delete, the record may be written with others a moment later (a lost one
+        // only means the file is copied again on resume).
+        let delete = ctx.request.delete_source;
+        self.db(|| self.queue.file_completed(&task.transfer, task.file, delete))
+            .await?;
+        let mut out = self.outcome(task, plan, Status::Ok, None);
+        out.verified = verified;
+        if delete {
+            match ctx
+                .steps
                 .prove_and_delete_source(plan, src, dst, verified)
                 .await
-        {
-            let msg = e.to_string();
-            tracing::error!("{}: {msg}", plan.src);
-            self.db(|| {
-                self.journal
-                    .file_state(&task.transfer, task.file, FileState::Failed, Some(&msg))
-            })
-            .await?;
+            {
+                Ok(v) => {
+                    out.verified = v;
+                    out.source_deleted = true;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::error!("{}: {msg}", plan.src);
+                    self.db(|| {
+                        self.queue.file_state(
+                            &task.transfer,
+                            task.file,
+                            FileState::Failed,
+                            Some(&msg),
+                        )
+                    })
+                    .await?;
+                    out.status = Status::Failed;
+                    out.verified = Verification::NotVerified;
+                    out.error = Some(msg);
+                }
+            }
         }
-        self.db(|| self.journal.task_done(task, &self.opts.id))
+        self.db(|| self.queue.task_done(task, &self.opts.id))
             .await?;
         self.metrics.files_completed.inc();
-        self.db(|| self.journal.settle(&task.transfer)).await?;
+        self.db(|| self.queue.settle(&task.transfer)).await?;
+        self.observer.file_finished(&out);
         Ok(())
+    }
+
+    /// A planned file failed before anything was recorded of its upload.
+    async fn fail_planned(
+        &self,
+        task: &Task,
+        plan: &FilePlan,
+        upload: Option<&UploadRef>,
+        msg: &str,
+    ) -> Result<()> {
+        let rec = FileRecord {
+            plan: plan.clone(),
+            upload_id: None,
+            state: FileState::Planned,
+            error: None,
+        };
+        self.fail(task, &rec, upload, msg).await
     }
 
     /// A failed file: its upload aborted, its work stopped, its destination freed.
@@ -954,16 +1091,95 @@ impl Worker {
             && let Ok(dst) = self.conns.get(&rec.plan.dst.conn).await
         {
             let ctx = self.transfer(&task.transfer).await?;
-            ctx.engine.abort(dst.as_ref(), up).await;
+            ctx.steps.abort(dst.as_ref(), up).await;
         }
         self.db(|| {
-            self.journal
+            self.queue
                 .file_state(&task.transfer, task.file, FileState::Failed, Some(msg))
         })
         .await?;
+        self.db(|| self.queue.task_done(task, &self.opts.id))
+            .await?;
         self.metrics.files_failed.inc();
-        self.db(|| self.journal.settle(&task.transfer)).await?;
+        self.db(|| self.queue.settle(&task.transfer)).await?;
+        let mut out = self.outcome(task, &rec.plan, Status::Failed, Some(msg.to_string()));
+        if rec.state == FileState::Pending {
+            out = crate::run::unplanned(&rec.plan, Status::Failed, Some(msg.to_string()));
+        }
+        self.observer.file_finished(&out);
         Ok(())
+    }
+
+    /// A step that records nothing, given up when a run of this process's own stops.
+    async fn unless_quit<T>(&self, step: impl Future<Output = Result<T>>) -> Result<T> {
+        tokio::select! {
+            r = step => r,
+            _ = self.quit.cancelled() => Err(EngineError::Cancelled),
+        }
+    }
+
+    /// A file's work started here now (kept until its outcome).
+    fn clock(&self, task: &Task) {
+        self.clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((task.transfer.clone(), task.file))
+            .or_insert(FileClock {
+                started: Instant::now(),
+                bytes: 0,
+            });
+    }
+
+    /// Bytes of a file that passed through this process.
+    fn moved(&self, task: &Task, bytes: u64) {
+        self.metrics.bytes_moved.inc_by(bytes);
+        if let Some(c) = self
+            .clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&(task.transfer.clone(), task.file))
+        {
+            c.bytes += bytes;
+        }
+    }
+
+    /// A finished file's outcome, with its time and bytes as this process saw them.
+    fn outcome(
+        &self,
+        task: &Task,
+        plan: &FilePlan,
+        status: Status,
+        error: Option<String>,
+    ) -> FileOutcome {
+        let clock = self
+            .clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(task.transfer.clone(), task.file));
+        let mut o = crate::run::outcome(plan, status, None, error, 0.0);
+        if let Some(c) = clock {
+            o.seconds = c.started.elapsed().as_secs_f64();
+            o.bytes_through_client = c.bytes.min(plan.size);
+        }
+        o
+    }
+}
+
+/// A task's place in the worker's counts, given back however the task ends.
+struct Counted<'a> {
+    me: &'a Worker,
+    files: &'a AtomicUsize,
+    part: bool,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.me.metrics.parts_in_flight.dec();
+        if self.part {
+            self.me.parts_running.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.files.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

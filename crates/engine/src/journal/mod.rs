@@ -9,6 +9,7 @@
 //! The journal stores connection names, never credentials.
 
 pub mod batch;
+pub mod local;
 pub mod memory;
 pub mod queue;
 pub mod sql;

@@ -13,9 +13,15 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Executor};
 
-use super::{FileId, FileRecord, SqlJournal, TransferRecord, conn_to_str, now};
+use async_trait::async_trait;
+
+use super::{
+    FileId, FileRecord, FileState, Journal, SqlJournal, TransferRecord, TransferState, conn_to_str,
+    now,
+};
 use crate::error::{EngineError, Result};
 use crate::input::TransferSpec;
+use crate::plan::FilePlan;
 use barge_store::PartReceipt;
 
 /// What a row of work asks for.
@@ -39,6 +45,170 @@ pub struct Task {
     pub number: u32,
     /// How many times it has been claimed (more than once: a worker died or gave it up).
     pub claims: u32,
+}
+
+/// The work queue as the scheduler (`cluster::Worker`) sees it: tasks claimed under leases,
+/// each outcome recorded while the task is held, a file's finalize queued once by whoever
+/// records its last part. Two implementations: the SQL journal's (`barge worker`, `submit`,
+/// `cp` with a PostgreSQL journal: many processes, leases in the database's clock) and
+/// [`LocalQueue`](super::local::LocalQueue) (`cp`/`run` with SQLite or no journal: one process,
+/// tasks in memory, every durable fact written through to the journal).
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Other processes share it: leases must be renewed, expired ones reclaimed, and a task
+    /// left unfinished is someone else's to take up.
+    fn shared(&self) -> bool;
+    /// Up to `parts` part tasks and `files` file-level tasks (finalize first, then plan).
+    async fn claim_split(
+        &self,
+        owner: &str,
+        queue: &str,
+        parts: usize,
+        files: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Task>>;
+    async fn renew(&self, owner: &str, tasks: &[Task], lease_ms: u64) -> Result<u64>;
+    async fn reclaim_expired(&self) -> Result<u64>;
+    async fn release(&self, owner: &str) -> Result<u64>;
+    async fn task_done(&self, task: &Task, owner: &str) -> Result<bool>;
+    /// A part's receipt, and its task done; true when it was the file's last (finalize queued).
+    async fn part_recorded(
+        &self,
+        task: &Task,
+        owner: &str,
+        upload_id: &str,
+        receipt: &PartReceipt,
+        queue: &str,
+    ) -> Result<bool>;
+    /// A planned file's upload, and a task for each of `parts` (its finalize at once when none
+    /// is left to move); the plan task done. False: the plan task was lost to another worker.
+    async fn start_parts(
+        &self,
+        task: &Task,
+        owner: &str,
+        upload_id: &str,
+        parts: &[u32],
+        queue: &str,
+    ) -> Result<bool>;
+    async fn redo_parts(&self, task: &Task, numbers: &[u32]) -> Result<()>;
+    async fn file(&self, transfer: &str, file: FileId) -> Result<Option<FileRecord>>;
+    async fn receipts(
+        &self,
+        transfer: &str,
+        file: FileId,
+        upload: &str,
+    ) -> Result<Vec<PartReceipt>>;
+    async fn save_plan(&self, transfer: &str, plan: &FilePlan) -> Result<()>;
+    /// A file failed (or another state that is written at once).
+    async fn file_state(
+        &self,
+        transfer: &str,
+        file: FileId,
+        state: FileState,
+        error: Option<&str>,
+    ) -> Result<()>;
+    /// A file copied and verified. `durable`: return only once the record is written (before
+    /// its source is deleted); otherwise it may be written with others shortly after.
+    async fn file_completed(&self, transfer: &str, file: FileId, durable: bool) -> Result<()>;
+    async fn settle(&self, transfer: &str) -> Result<Option<TransferState>>;
+    async fn transfer_state(&self, transfer: &str) -> Result<Option<TransferState>>;
+    async fn unfinished_work(&self, queue: &str) -> Result<u64>;
+    /// The transfer's record and the queue it was submitted to.
+    async fn transfer_request(&self, transfer: &str) -> Result<Option<(TransferRecord, String)>>;
+}
+
+#[async_trait]
+impl WorkQueue for SqlJournal {
+    fn shared(&self) -> bool {
+        true
+    }
+    async fn claim_split(
+        &self,
+        owner: &str,
+        queue: &str,
+        parts: usize,
+        files: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Task>> {
+        SqlJournal::claim_split(self, owner, queue, parts, files, lease_ms).await
+    }
+    async fn renew(&self, owner: &str, tasks: &[Task], lease_ms: u64) -> Result<u64> {
+        SqlJournal::renew(self, owner, tasks, lease_ms).await
+    }
+    async fn reclaim_expired(&self) -> Result<u64> {
+        SqlJournal::reclaim_expired(self).await
+    }
+    async fn release(&self, owner: &str) -> Result<u64> {
+        SqlJournal::release(self, owner).await
+    }
+    async fn task_done(&self, task: &Task, owner: &str) -> Result<bool> {
+        SqlJournal::task_done(self, task, owner).await
+    }
+    async fn part_recorded(
+        &self,
+        task: &Task,
+        owner: &str,
+        upload_id: &str,
+        receipt: &PartReceipt,
+        queue: &str,
+    ) -> Result<bool> {
+        SqlJournal::part_recorded(self, task, owner, upload_id, receipt, queue).await
+    }
+    async fn start_parts(
+        &self,
+        task: &Task,
+        owner: &str,
+        upload_id: &str,
+        parts: &[u32],
+        queue: &str,
+    ) -> Result<bool> {
+        SqlJournal::start_parts(self, task, owner, upload_id, parts, queue).await
+    }
+    async fn redo_parts(&self, task: &Task, numbers: &[u32]) -> Result<()> {
+        SqlJournal::redo_parts(self, task, numbers).await
+    }
+    async fn file(&self, transfer: &str, file: FileId) -> Result<Option<FileRecord>> {
+        SqlJournal::file(self, transfer, file).await
+    }
+    async fn receipts(
+        &self,
+        transfer: &str,
+        file: FileId,
+        upload: &str,
+    ) -> Result<Vec<PartReceipt>> {
+        Journal::receipts(self, transfer, file, upload).await
+    }
+    async fn save_plan(&self, transfer: &str, plan: &FilePlan) -> Result<()> {
+        Journal::save_plans(self, transfer, std::slice::from_ref(plan)).await
+    }
+    async fn file_state(
+        &self,
+        transfer: &str,
+        file: FileId,
+        state: FileState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        Journal::file_state(self, transfer, file, state, error).await
+    }
+    async fn file_completed(&self, transfer: &str, file: FileId, _durable: bool) -> Result<()> {
+        Journal::file_state(self, transfer, file, FileState::Completed, None).await
+    }
+    async fn settle(&self, transfer: &str) -> Result<Option<TransferState>> {
+        SqlJournal::settle(self, transfer).await
+    }
+    async fn transfer_state(&self, transfer: &str) -> Result<Option<TransferState>> {
+        SqlJournal::transfer_state(self, transfer).await
+    }
+    async fn unfinished_work(&self, queue: &str) -> Result<u64> {
+        SqlJournal::unfinished_work(self, queue).await
+    }
+    async fn transfer_request(&self, transfer: &str) -> Result<Option<(TransferRecord, String)>> {
+        let Some(record) = Journal::transfer(self, transfer).await? else {
+            return Ok(None);
+        };
+        let queue = self.submitted_queue(transfer).await?.unwrap_or_default();
+        Ok(Some((record, queue)))
+    }
 }
 
 /// Rows per multi-row INSERT: well under PostgreSQL's 65,535 bind parameters.
@@ -427,15 +597,16 @@ impl SqlJournal {
         Ok(queued.rows_affected() == 1)
     }
 
-    /// A planned multipart file: its upload id, one ready task per part, and its plan task done,
-    /// in one transaction. False (nothing written): the plan task's lease was lost, and the
-    /// caller must abort the upload it started.
+    /// A planned multipart file: its upload id, one ready task for each of `parts` (its
+    /// finalize task instead when none is left to move: an upload continued whose parts are all
+    /// there), and its plan task done, in one transaction. False (nothing written): the plan
+    /// task's lease was lost, and the caller must abort the upload it started.
     pub async fn start_parts(
         &self,
         task: &Task,
         owner: &str,
         upload_id: &str,
-        part_count: u32,
+        parts: &[u32],
         queue: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
@@ -453,18 +624,51 @@ impl SqlJournal {
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;
-        sqlx::query(
-            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $1) \
-             INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
-             SELECT $2, $3, 'part', x, $4, 'ready' FROM n",
-        )
-        .bind(i64::from(part_count))
-        .bind(&task.transfer)
-        .bind(task.file as i64)
-        .bind(queue)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
+        if parts.is_empty() {
+            sqlx::query(
+                "INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+                 VALUES ($1, $2, 'finalize', 0, $3, 'ready')",
+            )
+            .bind(&task.transfer)
+            .bind(task.file as i64)
+            .bind(queue)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        let contiguous = parts.iter().enumerate().all(|(i, n)| *n as usize == i + 1);
+        if contiguous && !parts.is_empty() {
+            // Every part, 1 to n: one statement however many.
+            sqlx::query(
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < $1) \
+                 INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+                 SELECT $2, $3, 'part', x, $4, 'ready' FROM n",
+            )
+            .bind(parts.len() as i64)
+            .bind(&task.transfer)
+            .bind(task.file as i64)
+            .bind(queue)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        }
+        for chunk in parts.chunks(BATCH).filter(|_| !contiguous) {
+            let values = placeholders(chunk.len(), 5);
+            let sql = format!(
+                "INSERT INTO barge_work (transfer_id, file_id, kind, number, queue, state) \
+                 SELECT v.*, 'ready' FROM (VALUES {values}) AS v"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for n in chunk {
+                q = q
+                    .bind(&task.transfer)
+                    .bind(task.file as i64)
+                    .bind("part")
+                    .bind(i64::from(*n))
+                    .bind(queue);
+            }
+            q.execute(&mut *tx).await.map_err(|e| self.err(e))?;
+        }
         tx.commit().await.map_err(|e| self.err(e))?;
         Ok(true)
     }
