@@ -371,3 +371,141 @@ impl PlanWriter {
             .map_err(|_| EngineError::Journal("the journal writer went away".into()))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{MemoryJournal, sample_plans};
+
+    async fn queue(files: usize) -> (Arc<MemoryJournal>, LocalQueue) {
+        let j = Arc::new(MemoryJournal::default());
+        j.create_transfer(&TransferRecord {
+            id: "t".into(),
+            fingerprint: "f".into(),
+            created_at: 0,
+            updated_at: 0,
+            state: TransferState::Running,
+            spec: "{}".into(),
+        })
+        .await
+        .expect("transfer");
+        let recs = sample_plans(files)
+            .into_iter()
+            .map(|plan| FileRecord {
+                plan,
+                upload_id: None,
+                state: FileState::Pending,
+                error: None,
+            })
+            .collect();
+        let q = LocalQueue::new(j.clone(), "t", recs, CancellationToken::new());
+        (j, q)
+    }
+
+    fn receipt(number: u32) -> PartReceipt {
+        PartReceipt {
+            number,
+            etag: format!("e{number}"),
+            len: 1,
+            crc32c: None,
+        }
+    }
+
+    /// The shared queue's order: a file's finalize before any plan, parts in file and number
+    /// order, each file's finalize queued once, when its last part is recorded.
+    #[tokio::test]
+    async fn work_started_is_finished_before_more_starts() {
+        let (j, q) = queue(3).await;
+        let plans = q.claim_split("w", "", 0, 2, 0).await.expect("claim");
+        assert_eq!(
+            plans.iter().map(|t| (t.kind, t.file)).collect::<Vec<_>>(),
+            [(TaskKind::Plan, 0), (TaskKind::Plan, 1)]
+        );
+        let mut plan = sample_plans(1).remove(0);
+        plan.size = 3;
+        plan.part_count = 3;
+        q.save_plan("t", &plan).await.expect("plan");
+        assert!(
+            q.start_parts(&plans[0], "w", "up", &[1, 2, 3], "")
+                .await
+                .expect("parts")
+        );
+        let parts = q.claim_split("w", "", 2, 0, 0).await.expect("claim");
+        assert_eq!(
+            parts.iter().map(|t| t.number).collect::<Vec<_>>(),
+            [1, 2],
+            "parts in order"
+        );
+        assert!(
+            !q.part_recorded(&parts[0], "w", "up", &receipt(1), "")
+                .await
+                .expect("rec")
+        );
+        assert!(
+            !q.part_recorded(&parts[1], "w", "up", &receipt(2), "")
+                .await
+                .expect("rec")
+        );
+        let last = q.claim_split("w", "", 5, 0, 0).await.expect("claim");
+        assert_eq!(last.len(), 1);
+        assert!(
+            q.part_recorded(&last[0], "w", "up", &receipt(3), "")
+                .await
+                .expect("rec")
+        );
+        assert_eq!(j.receipts("t", 0, "up").await.expect("receipts").len(), 3);
+        let next = q.claim_split("w", "", 5, 5, 0).await.expect("claim");
+        assert_eq!(
+            next.iter().map(|t| (t.kind, t.file)).collect::<Vec<_>>(),
+            [(TaskKind::Finalize, 0), (TaskKind::Plan, 2)],
+            "the finalize first, then the next plan"
+        );
+        // A finalize that found a part to move again: the part, then the finalize once more.
+        q.redo_parts(&next[0], &[2]).await.expect("redo");
+        let again = q.claim_split("w", "", 5, 0, 0).await.expect("claim");
+        assert_eq!(again.iter().map(|t| t.number).collect::<Vec<_>>(), [2]);
+        assert!(
+            q.part_recorded(&again[0], "w", "up", &receipt(2), "")
+                .await
+                .expect("rec")
+        );
+        let fin = q.claim_split("w", "", 0, 5, 0).await.expect("claim");
+        assert_eq!(fin[0].kind, TaskKind::Finalize);
+    }
+
+    /// The transfer is running while any file is open; it settles as failed if one failed.
+    #[tokio::test]
+    async fn the_transfer_settles_when_every_file_has_ended() {
+        let (j, q) = queue(2).await;
+        for plan in sample_plans(2) {
+            q.save_plan("t", &plan).await.expect("plan");
+        }
+        assert_eq!(
+            q.transfer_state("t").await.expect("state"),
+            Some(TransferState::Running)
+        );
+        q.file_completed("t", 0, true).await.expect("completed");
+        assert_eq!(q.settle("t").await.expect("settle"), None);
+        q.file_state("t", 1, FileState::Failed, Some("no"))
+            .await
+            .expect("failed");
+        assert_eq!(
+            q.settle("t").await.expect("settle"),
+            Some(TransferState::Failed)
+        );
+        assert!(q.unfinished().is_empty());
+        q.finish().await.expect("recorded");
+        let states: Vec<FileState> = j
+            .files("t")
+            .await
+            .expect("files")
+            .iter()
+            .map(|f| f.state)
+            .collect();
+        assert_eq!(
+            states,
+            [FileState::Completed, FileState::Failed],
+            "written through"
+        );
+    }
+}
