@@ -15,7 +15,14 @@ BENCH_SMALL_COUNT (scenario 3; 5000), BENCH_ROUNDS (3), BENCH_SHORT_ROUNDS (roun
 scenarios 3 and 4 download; 5 if BENCH_ROUNDS is 3 or more, else BENCH_ROUNDS), BENCH_SCENARIOS (e.g. "1,2"),
 BENCH_CONCURRENCY (16 for every tool), BENCH_AIRFLOW_PYTHON (set by run.sh: the real Airflow DAG
 joins scenario 1), BENCH_AIRFLOW_ROUNDS (1: it is slow), BENCH_DEST (warm or empty: what the
-destination server holds when a run starts; see DEST below).
+destination server holds when a run starts; see DEST below), BENCH_TOOLS (e.g. "barge": only the
+tools whose names start so), BENCH_BARGE_BASELINE (another barge binary, e.g. one built from the
+commit before a change: every barge run gets a twin "... [baseline]" in the same rounds, and the
+ratios say how the two compare round by round).
+
+Scenario 6 is the shortest copy there is: one 64 KiB object between the endpoints, the whole
+command timed (start-up, journal, stat, copy, verify): what a user waits for before the first
+byte has moved and landed.
 """
 import json
 import os
@@ -54,7 +61,9 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 # and the client's CPU seconds for the same work (not the client's doing: every tool's runs
 # move together). Their medians get more rounds, which cost about a minute each.
 SHORT_ROUNDS = int(os.environ.get("BENCH_SHORT_ROUNDS", str(max(ROUNDS, 5) if ROUNDS >= 3 else ROUNDS)))
-SHORT = {"3", "4d"}
+SHORT = {"3", "4d", "6"}
+TOOLS = [t.strip() for t in os.environ.get("BENCH_TOOLS", "").split(",") if t.strip()]
+BASELINE = os.environ.get("BENCH_BARGE_BASELINE", "")
 CONC = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 # The real Airflow DAG runs in scenario 1 when bench/run.sh has installed Airflow (its python).
 AIRFLOW_PYTHON = os.environ.get("BENCH_AIRFLOW_PYTHON", "")
@@ -211,6 +220,20 @@ def S5(profile):
 
 
 def tools_for(scn):
+    """tools_for_all, less the tools BENCH_TOOLS leaves out, plus the baseline's twins."""
+    tools = {n: f for n, f in tools_for_all(scn).items() if not TOOLS or any(n.startswith(t) for t in TOOLS)}
+    if BASELINE:
+        def twin(f):
+            def g(d):
+                argv, shell = f(d + "-baseline")
+                return [BASELINE, *argv[1:]], shell
+            return g
+        tools.update({f"{n} [baseline]": twin(f) for n, f in list(tools.items())
+                      if n.startswith("barge") and f is not None})
+    return tools
+
+
+def tools_for_all(scn):
     """(tool name, argv or shell string, is_shell) per scenario; None where the tool cannot."""
     # barge's --files (small files at a time) too: every tool gets CONC-way concurrency.
     opts = ["--quiet", "--concurrency", str(CONC), "--files", str(CONC)]
@@ -278,6 +301,11 @@ def tools_for(scn):
                 f"s5cmd {' '.join(S5('a'))} cp --concurrency {CONC} --part-size 16 s3://src/bench/big {down}"
                 f" && sync {down}", True),
         }
+    if scn == "6":
+        return {
+            "barge": lambda d: (bc("cp", "a:src/bench/one", f"b:dst/{d}/one"), False),
+            "rclone": lambda d: (rc + ["copyto", "A:src/bench/one", f"B:dst/{d}/one"], False),
+        }
     if scn == "5":
         return {
             "barge --max-memory 128MiB": lambda d: (
@@ -295,15 +323,16 @@ SCENARIO_TITLE = {
     "4c": "4. local file to S3, not in the page cache",
     "4d": "4. S3 to local file",
     "5": "5. scenario 1 with a memory budget",
+    "6": "6. one 64 KiB object between two endpoints, whole command",
 }
 
 
 def scenario_bytes(scn):
-    return {"1": BIG, "2": HUGE, "3": SMALL_COUNT * SMALL_SIZE, "4u": BIG, "4c": BIG, "4d": BIG, "5": BIG}[scn]
+    return {"1": BIG, "2": HUGE, "3": SMALL_COUNT * SMALL_SIZE, "4u": BIG, "4c": BIG, "4d": BIG, "5": BIG, "6": SMALL_SIZE}[scn]
 
 
 # Scenarios whose runs write to server b.
-WRITES_B = {"1", "3", "4u", "4c", "5"}
+WRITES_B = {"1", "3", "4u", "4c", "5", "6"}
 
 
 def scenario_runs():
@@ -368,6 +397,9 @@ def prepare():
             off = (i * 4099) % (len(blob) - SMALL_SIZE)
             (d / f"f{i:05d}").write_bytes(blob[off : off + SMALL_SIZE])
         subprocess.run([BARGE, "cp", "-r", str(d), "a:src/bench/small/", "--quiet"], env=ENV, check=True)
+    if "6" in SCENARIOS:
+        (WORK / "one.bin").write_bytes(os.urandom(SMALL_SIZE))
+        subprocess.run([BARGE, "cp", str(WORK / "one.bin"), "a:src/bench/one", "--quiet"], env=ENV, check=True)
     if DEST == "warm":
         # The reference copies go on server b just before the first run that needs them.
         delete_prefix("b", "dst", "bench/")
@@ -437,7 +469,7 @@ def main():
                     fresh_b_for_small()
                 elif DEST == "empty" and scn in WRITES_B:
                     reset_b()
-                elif DEST == "warm" and scn in WRITES_B:
+                elif DEST == "warm" and scn in WRITES_B and scn != "6":
                     seed_b(["big"])
                 if scn == "4c":
                     evict(WORK / "big.bin")
@@ -523,6 +555,13 @@ def ratios(rows):
     for r in rows:
         by.setdefault(r["scenario"], []).append(r)
     for scn, rs in by.items():
+        for base in (r for r in rs if r["tool"].endswith(" [baseline]")):
+            new = [r for r in rs if r["tool"] == base["tool"][: -len(" [baseline]")]]
+            if new:
+                out.append(f"- {SCENARIO_TITLE[scn]}: {new[0]['tool']} {new[0]['mib_s'] / base['mib_s']:.2f}x its baseline"
+                           f"{by_round(new[0], base)}; CPU per GiB "
+                           f"{new[0]['cpu_per_gib'] / max(base['cpu_per_gib'], 1e-9):.2f}x")
+        rs = [r for r in rs if not r["tool"].endswith(" [baseline]")]
         barge = [r for r in rs if r["tool"] == "barge"]
         peers = [r for r in rs if not r["tool"].startswith("barge")]
         if not barge or not peers:
