@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FileId, Journal};
 use crate::error::{EngineError, Result};
+use crate::plan::FilePlan;
 
 /// The longest a queued record waits for company before it is written.
 pub const WINDOW: Duration = Duration::from_millis(50);
@@ -30,6 +31,9 @@ pub const MAX_BATCH: usize = 1024;
 
 struct Entry {
     file: FileId,
+    /// The file's plan, when it was not recorded before the file moved (a file moved whole
+    /// and its source kept: see `LocalQueue::save_plan`): written with the record.
+    plan: Option<FilePlan>,
     /// `Some` when the caller waits for this record to be written.
     waiter: Option<oneshot::Sender<Result<()>>>,
 }
@@ -79,11 +83,16 @@ impl Completions {
                     }
                 }
                 let ids: Vec<FileId> = batch.iter().map(|e| e.file).collect();
+                let plans: Vec<FilePlan> = batch.iter_mut().filter_map(|e| e.plan.take()).collect();
                 let result = match &failed {
                     // After a failure nothing more is written: a later record must not make a
                     // journal that missed some files look complete.
                     Some((_, e)) => Err(copy_error(e)),
-                    None => journal.files_completed(&transfer, &ids).await,
+                    None if plans.is_empty() => journal.files_completed(&transfer, &ids).await,
+                    None => match journal.save_plans(&transfer, &plans).await {
+                        Ok(()) => journal.files_completed(&transfer, &ids).await,
+                        Err(e) => Err(e),
+                    },
                 };
                 for e in batch {
                     if let Some(w) = e.waiter {
@@ -104,12 +113,14 @@ impl Completions {
         Self { tx, writer }
     }
 
-    /// Record one file as completed; returns once the record is written.
-    pub async fn completed(&self, file: FileId) -> Result<()> {
+    /// Record one file as completed (with its plan, if that is not recorded yet); returns once
+    /// the record is written.
+    pub async fn completed(&self, file: FileId, plan: Option<FilePlan>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Entry {
                 file,
+                plan,
                 waiter: Some(tx),
             })
             .map_err(|_| gone())?;
@@ -117,9 +128,13 @@ impl Completions {
     }
 
     /// Queue one file's record; it is written within [`WINDOW`], or by [`Self::finish`].
-    pub fn record(&self, file: FileId) -> Result<()> {
+    pub fn record(&self, file: FileId, plan: Option<FilePlan>) -> Result<()> {
         self.tx
-            .send(Entry { file, waiter: None })
+            .send(Entry {
+                file,
+                plan,
+                waiter: None,
+            })
             .map_err(|_| gone())
     }
 
@@ -177,7 +192,7 @@ mod tests {
         for id in 0..50 {
             let (c, j) = (c.clone(), j.clone());
             tasks.push(tokio::spawn(async move {
-                c.completed(id).await.unwrap();
+                c.completed(id, None).await.unwrap();
                 // Recorded by the time the call returns.
                 let files = j.files("t").await.unwrap();
                 assert_eq!(files[id].state, FileState::Completed);
@@ -199,8 +214,8 @@ mod tests {
         // A window longer than any test: what is written early was written for another reason.
         let long = Duration::from_secs(3600);
         let c = Completions::with_window(j.clone(), "t".into(), CancellationToken::new(), long);
-        c.record(0).unwrap();
-        c.record(1).unwrap();
+        c.record(0, None).unwrap();
+        c.record(1, None).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_ne!(
             state(&j, 0).await,
@@ -208,7 +223,7 @@ mod tests {
             "the window is open"
         );
         // An awaited record does not wait for the window, and takes the queued ones along.
-        tokio::time::timeout(Duration::from_secs(30), c.completed(2))
+        tokio::time::timeout(Duration::from_secs(30), c.completed(2, None))
             .await
             .expect("an awaited record is written at once")
             .unwrap();
@@ -216,11 +231,25 @@ mod tests {
         assert_eq!(state(&j, 1).await, FileState::Completed);
         // More than one batch's worth, all written by `finish`.
         for id in 3..3000 {
-            c.record(id).unwrap();
+            c.record(id, None).unwrap();
         }
         c.finish().await.unwrap();
         let files = j.files("t").await.unwrap();
         assert!(files.iter().all(|f| f.state == FileState::Completed));
+    }
+
+    /// A file whose plan was not recorded before it moved: plan and completion are written
+    /// together.
+    #[tokio::test]
+    async fn a_record_brings_its_plan_along() {
+        let j = Arc::new(MemoryJournal::default());
+        let c = Completions::new(j.clone(), "t".into(), CancellationToken::new());
+        let mut p = plans(2);
+        c.record(1, p.pop()).unwrap();
+        c.completed(0, p.pop()).await.unwrap();
+        c.finish().await.unwrap();
+        assert_eq!(state(&j, 0).await, FileState::Completed);
+        assert_eq!(state(&j, 1).await, FileState::Completed);
     }
 
     #[tokio::test]
@@ -229,7 +258,7 @@ mod tests {
         j.save_plans("t", &plans(1)).await.unwrap();
         let short = Duration::from_millis(10);
         let c = Completions::with_window(j.clone(), "t".into(), CancellationToken::new(), short);
-        c.record(0).unwrap();
+        c.record(0, None).unwrap();
         // Nothing else arrives and nobody calls `finish`: the window alone writes it.
         let written = async {
             while state(&j, 0).await != FileState::Completed {
@@ -249,12 +278,15 @@ mod tests {
         j.refuse_file_states();
         let stop = CancellationToken::new();
         let c = Completions::new(j, "t".into(), stop.clone());
-        c.record(0).unwrap();
-        c.record(1).unwrap();
-        let err = c.completed(2).await.expect_err("nothing to record into");
+        c.record(0, None).unwrap();
+        c.record(1, None).unwrap();
+        let err = c
+            .completed(2, None)
+            .await
+            .expect_err("nothing to record into");
         assert!(err.is_journal(), "{err}");
         assert!(stop.is_cancelled());
-        c.record(3).unwrap();
+        c.record(3, None).unwrap();
         let err = c.finish().await.expect_err("records were lost").to_string();
         assert!(err.contains("could not record 4 finished file(s)"), "{err}");
         assert!(err.contains("copies them again"), "{err}");

@@ -5,9 +5,10 @@
 //! memory: one process owns them all, so there are no leases to take or renew, and a claim is a
 //! lock, not a statement. Every fact a resume needs (a plan, an upload id, a part's receipt, a
 //! file's end) is written through to the journal before it is acted on, as the shared queue
-//! writes it; a resume rebuilds the tasks from those facts. Plans are written a group at a
-//! time (whatever queued while the last write ran) and completions in batches
-//! ([`Completions`]): 5,000 small files are not 10,000 transactions.
+//! writes it; a resume rebuilds the tasks from those facts. Plans of multipart files are
+//! written a group at a time (whatever queued while the last write ran), before their uploads
+//! open; a file moved whole has its plan written with its completion, in batches
+//! ([`Completions`]): 5,000 small files are a few transactions, not 10,000.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,8 @@ struct State {
     parts_left: HashMap<FileId, u32>,
     /// Files neither completed nor failed.
     open: HashSet<FileId>,
+    /// Files moved whole whose plans are not written yet: they go with the completion.
+    unsaved: HashSet<FileId>,
     failed: bool,
 }
 
@@ -102,6 +105,15 @@ impl LocalQueue {
                 "transfer {transfer} is not the one this process runs"
             )))
         }
+    }
+
+    /// The plan of a file whose plan is not written yet, taken off the unsaved list.
+    fn unsaved_plan(&self, file: FileId) -> Option<FilePlan> {
+        let mut st = self.lock();
+        if !st.unsaved.remove(&file) {
+            return None;
+        }
+        st.records.get(&file).map(|r| r.plan.clone())
     }
 
     fn settled(&self, st: &mut State, file: FileId, failed: bool) {
@@ -254,16 +266,29 @@ impl WorkQueue for LocalQueue {
         self.journal.receipts(transfer, file, upload).await
     }
 
+    /// A plan is written before anything a resume must find: before an upload is opened for
+    /// the file (its upload id is recorded against the plan) and before its source is deleted.
+    /// A file moved whole is written with its completion instead, in the same batch: a crash
+    /// before that loses the record of a file that is then copied again, as it would lose a
+    /// queued completion; 5,000 small files cost a few transactions, not one per sixteen.
     async fn save_plan(&self, transfer: &str, plan: &FilePlan) -> Result<()> {
         self.check_transfer(transfer)?;
-        self.plans
-            .save(self.journal.as_ref(), transfer, plan)
-            .await?;
+        let later = !plan.strategy.is_multipart();
+        if !later {
+            self.plans
+                .save(self.journal.as_ref(), transfer, plan)
+                .await?;
+        }
         let mut st = self.lock();
         if let Some(r) = st.records.get_mut(&plan.id) {
             r.plan = plan.clone();
             r.state = FileState::Planned;
             r.upload_id = None;
+        }
+        if later {
+            st.unsaved.insert(plan.id);
+        } else {
+            st.unsaved.remove(&plan.id);
         }
         Ok(())
     }
@@ -275,6 +300,11 @@ impl WorkQueue for LocalQueue {
         state: FileState,
         error: Option<&str>,
     ) -> Result<()> {
+        if let Some(plan) = self.unsaved_plan(file) {
+            self.plans
+                .save(self.journal.as_ref(), transfer, &plan)
+                .await?;
+        }
         self.journal
             .file_state(transfer, file, state, error)
             .await?;
@@ -293,10 +323,11 @@ impl WorkQueue for LocalQueue {
 
     async fn file_completed(&self, transfer: &str, file: FileId, durable: bool) -> Result<()> {
         self.check_transfer(transfer)?;
+        let plan = self.unsaved_plan(file);
         if durable {
-            self.completions.completed(file).await?;
+            self.completions.completed(file, plan).await?;
         } else {
-            self.completions.record(file)?;
+            self.completions.record(file, plan)?;
         }
         let mut st = self.lock();
         if let Some(r) = st.records.get_mut(&file) {
