@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use barge_store::{Store, UploadRef};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -362,7 +364,11 @@ impl Worker {
                 quit.cancel();
             });
         }
-        let mut set: JoinSet<()> = JoinSet::new();
+        let mut set = if shared {
+            Tasks::Spawned(JoinSet::new())
+        } else {
+            Tasks::Inline(FuturesUnordered::new())
+        };
         // File-level tasks under way (part tasks: `self.parts_running`), each against its own
         // limit.
         let files_running = Arc::new(AtomicUsize::new(0));
@@ -370,13 +376,7 @@ impl Worker {
         let poll_max = Duration::from_millis(1000);
         let mut idle_wait = poll_min;
         let result = loop {
-            while let Some(r) = set.try_join_next() {
-                if let Err(e) = r
-                    && e.is_panic()
-                {
-                    tracing::error!("a task panicked: {e}");
-                }
-            }
+            set.reap();
             if stop.is_cancelled() || self.halt.is_cancelled() {
                 break Ok(());
             }
@@ -446,7 +446,7 @@ impl Worker {
                     }
                     self.metrics.parts_in_flight.inc();
                     let quit = quit.clone();
-                    set.spawn(async move {
+                    set.push(async move {
                         // Counted back however the task ends, dropped included.
                         let _count = Counted {
                             me: &me,
@@ -500,7 +500,7 @@ impl Worker {
                 poll_max
             };
             tokio::select! {
-                _ = set.join_next(), if !set.is_empty() => {}
+                _ = set.next(), if !set.is_empty() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => {}
                 _ = self.halt.cancelled() => {}
@@ -511,12 +511,8 @@ impl Worker {
         if !shared {
             quit.cancel();
         }
-        while let Some(r) = set.join_next().await {
-            if let Err(e) = r
-                && e.is_panic()
-            {
-                tracing::error!("a task panicked: {e}");
-            }
+        while !set.is_empty() {
+            set.next().await;
         }
         result
     }
@@ -1162,6 +1158,66 @@ impl Worker {
             o.bytes_through_client = c.bytes.min(plan.size);
         }
         o
+    }
+}
+
+/// The tasks a worker runs. On a shared queue each is spawned (a panic ends that task alone,
+/// and tasks spread over the runtime's threads). On a queue of its own they are polled by the
+/// claim loop itself, as one run's files and parts always were: 5,000 small files spawned as
+/// tasks cost a fifth more CPU and a tenth more time in the same-run bench (wake-ups handed
+/// between threads), and a panic stops the run, which is what a one-process run should do.
+enum Tasks {
+    Spawned(JoinSet<()>),
+    Inline(FuturesUnordered<BoxFuture<'static, ()>>),
+}
+
+impl Tasks {
+    fn push(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        match self {
+            Tasks::Spawned(set) => {
+                set.spawn(task);
+            }
+            Tasks::Inline(set) => set.push(task.boxed()),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Tasks::Spawned(set) => set.is_empty(),
+            Tasks::Inline(set) => set.is_empty(),
+        }
+    }
+
+    /// Wait for one task to end (and run the others meanwhile, when they are inline).
+    async fn next(&mut self) {
+        match self {
+            Tasks::Spawned(set) => {
+                if let Some(Err(e)) = set.join_next().await
+                    && e.is_panic()
+                {
+                    tracing::error!("a task panicked: {e}");
+                }
+            }
+            Tasks::Inline(set) => {
+                set.next().await;
+            }
+        }
+    }
+
+    /// Collect the tasks that have ended, without waiting.
+    fn reap(&mut self) {
+        match self {
+            Tasks::Spawned(set) => {
+                while let Some(r) = set.try_join_next() {
+                    if let Err(e) = r
+                        && e.is_panic()
+                    {
+                        tracing::error!("a task panicked: {e}");
+                    }
+                }
+            }
+            Tasks::Inline(set) => while let Some(Some(())) = set.next().now_or_never() {},
+        }
     }
 }
 
