@@ -305,12 +305,13 @@ impl Engine {
             }
         }
 
-        let halt = CancellationToken::new();
+        // A failed batch of completion records stops the run as a cancel would.
+        let stop = self.cancel.child_token();
         let queue = Arc::new(LocalQueue::new(
             self.journal.clone(),
             &tid,
             todo,
-            halt.clone(),
+            stop.clone(),
         ));
         let collect = Arc::new(Collect {
             inner: self.observer.clone(),
@@ -334,17 +335,7 @@ impl Engine {
             .with_observer(collect.clone()),
         );
         worker.adopt(&tid, request, self.steps()).await;
-        // A failed batch of completion records stops the run as a cancel would.
-        let stop = self.cancel.child_token();
-        let stop_on_halt = {
-            let (stop, halt) = (stop.clone(), halt.clone());
-            tokio::spawn(async move {
-                halt.cancelled().await;
-                stop.cancel();
-            })
-        };
         let ran = worker.run(stop, Until::Settled(tid.clone())).await;
-        stop_on_halt.abort();
         let task_error = worker.take_error();
         let parts_reused = worker.parts_reused();
         drop(worker);

@@ -4,7 +4,6 @@
 //! Nothing here knows about other parts, so any worker, on any machine, can move any part.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use barge_store::checksum::{crc32c, crc32c_b64, same_checksum};
 use barge_store::{PartReceipt, PartSpec, PutReceipt, Store, StoreError, UploadRef};
@@ -29,7 +28,6 @@ pub struct Limits {
     pub memory_kib: Semaphore,
     pub retry: RetryPolicy,
     pub stats: RetryStats,
-    pub bytes_through: AtomicU64,
     /// Part buffers handed back after their upload, reused by the next reads: no fresh
     /// allocation (and page faults) per part, and resident memory stays near the live buffers.
     /// Idle buffers are not counted by `memory_kib`: the pool keeps at most a quarter of the
@@ -51,7 +49,6 @@ impl Limits {
             memory_kib: Semaphore::new(kib),
             retry,
             stats: RetryStats::default(),
-            bytes_through: AtomicU64::new(0),
             pool: std::sync::Mutex::new(Vec::new()),
             pool_max_bytes: (max_memory / 4) as usize,
         }
@@ -103,7 +100,6 @@ async fn read_range(
         src.get_range_into(&plan.src.path, &plan.pin, offset, len, limits.take_buffer())
     })
     .await?;
-    limits.bytes_through.fetch_add(len, Ordering::Relaxed);
     Ok(data)
 }
 
@@ -143,7 +139,6 @@ pub async fn move_part(
                 dst.upload_part_stream(upload, &part, chunks).await
             })
             .await?;
-            limits.bytes_through.fetch_add(part.len, Ordering::Relaxed);
             Ok(r)
         }
         _ => {
@@ -231,7 +226,6 @@ pub async fn move_whole(
             });
         }
         source_crc_matched = full_crc(&meta.crc32c).is_some();
-        limits.bytes_through.fetch_add(plan.size, Ordering::Relaxed);
         (data, meta.attrs, crc)
     } else if plan.attrs_pending {
         // Empty: a stat is the only way to its metadata.

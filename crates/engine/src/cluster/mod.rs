@@ -855,10 +855,7 @@ impl Worker {
             Ok(Some(kept)) => kept,
             Ok(None) => {
                 // The upload is gone: plan the file afresh (its source may have changed too).
-                let mut fresh = rec.clone();
-                fresh.state = FileState::Planned;
-                fresh.upload_id = None;
-                self.db(|| self.queue.save_plan(&task.transfer, &fresh.plan))
+                self.db(|| self.queue.save_plan(&task.transfer, &rec.plan))
                     .await?;
                 return Box::pin(self.plan_task(task)).await;
             }
