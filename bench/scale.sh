@@ -12,7 +12,8 @@
 #
 # Knobs: SCALE_RATE (per-worker link, default 100mbit), SCALE_SIZES (head -c syntax, default
 # "400M 1G": 50 and 128 parts), SCALE_WORKERS (default "1 2 4"), SCALE_PART (default 8MiB),
-# SCALE_STAGGER (seconds between worker starts, default 3).
+# SCALE_STAGGER (seconds between worker starts, default 3), SCALE_LOGS (a folder to keep the
+# workers' debug logs in).
 # Writes bench/results/scale.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +44,7 @@ for n in $WORKERS; do (( n > MAX_N )) && MAX_N=$n; done
 
 cleanup() {
   set +e
+  [[ -n "${SCALE_LOGS:-}" ]] && mkdir -p "$SCALE_LOGS" && cp "$WORK"/worker-*.log "$SCALE_LOGS"/ 2>/dev/null
   pkill -f "$WORK/garage.toml" 2>/dev/null
   [[ -f "$WORK/pg/bin" ]] && runuser -u postgres -- "$(cat "$WORK/pg/bin")/pg_ctl" -D "$WORK/pg/data" -m immediate stop >/dev/null 2>&1
   for i in $(seq 1 "$MAX_N"); do ip netns del "bw$i" 2>/dev/null; done
