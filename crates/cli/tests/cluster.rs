@@ -751,6 +751,79 @@ async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
 }
 
+/// What a worker's share of the parts left is counted from (see `pace::fair_share`): the part
+/// tasks ready on its queue and the other workers holding parts there, exactly, and nothing of
+/// another queue. The transfer then finishes byte-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_counts_the_parts_left_and_the_workers_holding_them() {
+    use barge_engine::journal::queue::PartDemand;
+    let j = journal().await;
+    let (ga, gb) = (store("ga").await, store("gb").await);
+    let p = prefix("cl-demand");
+    let big = data(20 * MIB, 41);
+    let specs = vec![source(ga.as_ref(), &format!("{p}big"), big.clone()).await];
+    let q = queue("demand");
+    let tid = submit(
+        &connections(),
+        &j,
+        specs,
+        &SubmitOptions {
+            queue: q.clone(),
+            part_size: Some(5 * MIB as u64),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("submit");
+    let worker = Arc::new(Worker::new(
+        connections(),
+        j.clone(),
+        WorkerOptions {
+            id: "a".into(),
+            queue: q.clone(),
+            ..WorkerOptions::default()
+        },
+    ));
+    let demand = |owner: &'static str| {
+        let (j, q) = (j.clone(), q.clone());
+        async move { j.part_demand(&q, owner).await.expect("count") }
+    };
+    let want = |ready, other_workers| PartDemand {
+        ready,
+        other_workers,
+    };
+    // Only the plan is queued: no parts yet.
+    assert_eq!(demand("a").await, want(0, 0));
+    let plan = j.claim_split("a", &q, 0, 1, 30_000).await.expect("claim");
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    worker.execute(plan[0].clone()).await;
+    // The upload is open: four parts of 5 MiB ready, nobody holds one.
+    assert_eq!(demand("a").await, want(4, 0));
+    let a = j.claim_split("a", &q, 2, 0, 30_000).await.expect("claim");
+    let b = j.claim_split("b", &q, 1, 0, 30_000).await.expect("claim");
+    assert_eq!((a.len(), b.len()), (2, 1));
+    // One left; each of a and b sees the other, a third worker sees both.
+    assert_eq!(demand("a").await, want(1, 1));
+    assert_eq!(demand("b").await, want(1, 1));
+    assert_eq!(demand("c").await, want(1, 2));
+    assert_eq!(
+        j.part_demand(&queue("demand-other"), "c")
+            .await
+            .expect("count"),
+        want(0, 0)
+    );
+    // Given back, the parts are ready again, and the worker finishes the transfer.
+    j.release("a").await.expect("release");
+    j.release("b").await.expect("release");
+    assert_eq!(demand("a").await, want(4, 0));
+    settle(&worker, &tid, "the worker finishes the transfer").await;
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&big)
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}
+
 /// A claim that commits but whose answer never reaches the worker (the connection drops after
 /// the UPDATE) leaves rows leased to that worker that it does not know it holds. Its housekeeping
 /// renews only the tasks it runs, so those leases expire and the work is done anyway, instead of

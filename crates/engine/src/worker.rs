@@ -103,7 +103,8 @@ async fn read_range(
     Ok(data)
 }
 
-/// Move one part of a multipart plan.
+/// Move one part of a multipart plan. `read` is called once the part's bytes are in hand, if
+/// they are buffered before they are written (a streamed or server-side part reads until done).
 pub async fn move_part(
     limits: &Limits,
     src: &Arc<dyn Store>,
@@ -111,6 +112,7 @@ pub async fn move_part(
     plan: &FilePlan,
     upload: &UploadRef,
     part: PartSpec,
+    read: impl FnOnce(),
 ) -> Result<PartReceipt, StoreError> {
     let _req = limits.requests.acquire().await.map_err(|_| closed())?;
     match plan.strategy {
@@ -148,6 +150,7 @@ pub async fn move_part(
                 .await
                 .map_err(|_| closed())?;
             let (data, crc) = read_range(limits, src.as_ref(), plan, part.offset, part.len).await?;
+            read();
             let what = format!("upload of part {} of {}", part.number, plan.dst);
             let r = retry(&limits.retry, &limits.stats, &what, || {
                 dst.upload_part(upload, &part, data.clone(), Some(crc))

@@ -205,6 +205,8 @@ pub struct Worker {
     /// Part tasks under way, and how many this worker holds at most now (`pace`): no more
     /// than raise its throughput, so others find parts to claim.
     parts_running: AtomicUsize,
+    /// Of those, the parts still reading their bytes (see [`PartRead`]).
+    parts_reading: Arc<ReadPhase>,
     pace: std::sync::Mutex<pace::Pace>,
     observer: Arc<dyn Observer>,
     clocks: std::sync::Mutex<HashMap<(String, FileId), FileClock>>,
@@ -274,6 +276,7 @@ impl Worker {
             transfers: Default::default(),
             running: Default::default(),
             parts_running: AtomicUsize::new(0),
+            parts_reading: Default::default(),
             observer: Arc::new(Silent),
             clocks: Default::default(),
             parts_reused: AtomicU64::new(0),
@@ -374,6 +377,7 @@ impl Worker {
         let files_running = Arc::new(AtomicUsize::new(0));
         let poll_min = Duration::from_millis(50);
         let poll_max = Duration::from_millis(1000);
+        let poll_busy = Duration::from_millis(200);
         let mut idle_wait = poll_min;
         let result = loop {
             set.reap();
@@ -381,17 +385,28 @@ impl Worker {
                 break Ok(());
             }
             let held = self.parts_running.load(Ordering::SeqCst);
-            let free_parts = if shared {
+            let reading = self.parts_reading.count.load(Ordering::SeqCst);
+            let mut free_parts = if shared {
                 let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
                 if held == 0 {
                     // Time without parts is not a rate: the next window starts now.
                     pace.idle(Instant::now());
                 }
-                pace.target().saturating_sub(held)
+                // The pace counts parts reading: a part whose bytes are in hand only writes
+                // them, so the next part's read starts then, and the links both ways stay busy
+                // with one part each. A part being written is held too, never more of them
+                // than reads (a slow write side does not gather parts others could move).
+                let target = pace.target();
+                target
+                    .saturating_sub(reading)
+                    .min((2 * target).saturating_sub(held))
             } else {
                 // Alone on its queue, nothing is gained by holding back.
                 self.opts.concurrency.saturating_sub(held)
             };
+            if shared && free_parts > 0 {
+                free_parts = free_parts.min(self.fair_share(reading).await);
+            }
             let free_files = self
                 .opts
                 .files
@@ -439,6 +454,7 @@ impl Worker {
                     let me = self.clone();
                     let files = files_running.clone();
                     let part = t.kind == TaskKind::Part;
+                    let read = PartRead::new(&self.parts_reading, part);
                     if part {
                         self.parts_running.fetch_add(1, Ordering::SeqCst);
                     } else {
@@ -454,10 +470,10 @@ impl Worker {
                             part,
                         };
                         if shared || t.kind == TaskKind::Plan {
-                            me.execute(t).await;
+                            me.execute_claimed(t, &read).await;
                         } else {
                             tokio::select! {
-                                _ = me.execute(t) => {}
+                                _ = me.execute_claimed(t, &read) => {}
                                 _ = quit.cancelled() => {}
                             }
                         }
@@ -468,6 +484,9 @@ impl Worker {
                 idle_wait = poll_min;
                 continue;
             }
+            // Others hold the work this worker waits to see finish: it ends (or a task is put
+            // back) within moments, so the wait stays short instead of backing off.
+            let mut others_busy = false;
             if got == 0 && set.is_empty() {
                 let finished = match until {
                     Until::Stopped => false,
@@ -484,6 +503,7 @@ impl Worker {
                 if finished {
                     break Ok(());
                 }
+                others_busy = !matches!(until, Until::Stopped);
                 if !shared && self.queue.unfinished_work(&self.opts.queue).await? == 0 {
                     // Nothing left to do, and yet files are open: waiting would be for ever.
                     break Err(EngineError::Journal(
@@ -493,14 +513,16 @@ impl Worker {
             }
             let wait = if got == 0 {
                 let w = idle_wait;
-                idle_wait = (idle_wait * 2).min(poll_max);
-                w
+                let cap = if others_busy { poll_busy } else { poll_max };
+                idle_wait = (idle_wait * 2).min(cap);
+                w.min(cap)
             } else {
                 idle_wait = poll_min;
                 poll_max
             };
             tokio::select! {
                 _ = set.next(), if !set.is_empty() => {}
+                _ = self.parts_reading.read.notified(), if shared => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => {}
                 _ = self.halt.cancelled() => {}
@@ -515,6 +537,23 @@ impl Worker {
             set.next().await;
         }
         result
+    }
+
+    /// How many more parts this worker may start reading ([`pace::fair_share`]); unlimited
+    /// when the queue cannot say.
+    async fn fair_share(&self, reading: usize) -> usize {
+        match self
+            .queue
+            .part_demand(&self.opts.queue, &self.opts.id)
+            .await
+        {
+            Ok(Some(d)) => pace::fair_share(d.ready, d.other_workers, reading),
+            Ok(None) => usize::MAX,
+            Err(e) => {
+                tracing::debug!("could not count the parts left: {e}");
+                usize::MAX
+            }
+        }
     }
 
     /// Renew the leases of the tasks this worker is running and put back expired ones of any
@@ -619,10 +658,16 @@ impl Worker {
     /// unreachable leaves the task to expire and be claimed again, or, on a queue of this
     /// process's own, stops the run.
     pub async fn execute(&self, task: Task) {
+        let read = PartRead::new(&self.parts_reading, false);
+        self.execute_claimed(task, &read).await
+    }
+
+    /// Run `task`; a part's `read` ends when its bytes are in hand.
+    async fn execute_claimed(&self, task: Task, read: &PartRead) {
         let _running = Running::new(&self.running, &task);
         let result = match task.kind {
             TaskKind::Plan => self.plan_task(&task).await,
-            TaskKind::Part => self.part_task(&task).await,
+            TaskKind::Part => self.part_task(&task, read).await,
             TaskKind::Finalize => self.finalize_task(&task).await,
         };
         if let Err(e) = result {
@@ -883,7 +928,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn part_task(&self, task: &Task) -> Result<()> {
+    async fn part_task(&self, task: &Task, read: &PartRead) -> Result<()> {
         let ctx = self.transfer(&task.transfer).await?;
         let rec = self.file(task).await?;
         if let Err(problem) = self.check_row(&rec, task) {
@@ -915,7 +960,7 @@ impl Worker {
             )));
         };
         let (src, dst) = ctx.steps.stores(plan).await?;
-        match move_part(&self.limits, &src, &dst, plan, &upload, part).await {
+        match move_part(&self.limits, &src, &dst, plan, &upload, part, || read.end()).await {
             Ok(receipt) => {
                 if !plan.strategy.is_server_side() {
                     self.moved(task, part.len);
@@ -1218,6 +1263,46 @@ impl Tasks {
     }
 }
 
+/// The parts of a worker reading their bytes, and a wake-up for its claim loop when one has.
+#[derive(Default)]
+struct ReadPhase {
+    count: AtomicUsize,
+    read: tokio::sync::Notify,
+}
+
+/// A claimed part's place among the parts reading, given back once its bytes are in hand (a
+/// buffered move: it only writes them from then on) or however the task ends. A part streamed
+/// or copied server-side reads until it is done.
+struct PartRead {
+    phase: Arc<ReadPhase>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl PartRead {
+    fn new(phase: &Arc<ReadPhase>, part: bool) -> Self {
+        if part {
+            phase.count.fetch_add(1, Ordering::SeqCst);
+        }
+        Self {
+            phase: phase.clone(),
+            open: std::sync::atomic::AtomicBool::new(part),
+        }
+    }
+
+    fn end(&self) {
+        if self.open.swap(false, Ordering::SeqCst) {
+            self.phase.count.fetch_sub(1, Ordering::SeqCst);
+            self.phase.read.notify_one();
+        }
+    }
+}
+
+impl Drop for PartRead {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// A task's place in the worker's counts, given back however the task ends.
 struct Counted<'a> {
     me: &'a Worker,
@@ -1288,4 +1373,34 @@ fn too_many_claims(task: &Task) -> String {
         task.number,
         task.claims
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A part counts as reading from its claim until its bytes are in hand or its task ends,
+    /// once, and the claim loop is woken when it stops; file-level tasks never count.
+    #[tokio::test]
+    async fn a_part_reads_from_its_claim_until_its_bytes_are_in_hand() {
+        let phase = Arc::new(ReadPhase::default());
+        let count = || phase.count.load(Ordering::SeqCst);
+        let a = PartRead::new(&phase, true);
+        let b = PartRead::new(&phase, true);
+        let plan = PartRead::new(&phase, false);
+        assert_eq!(count(), 2);
+        a.end();
+        assert_eq!(count(), 1);
+        // The wake-up was kept for the loop that waits next.
+        tokio::time::timeout(Duration::from_secs(1), phase.read.notified())
+            .await
+            .expect("woken");
+        a.end();
+        drop(a);
+        drop(plan);
+        assert_eq!(count(), 1);
+        // A task that ends (or is dropped) before its bytes arrive gives its place back.
+        drop(b);
+        assert_eq!(count(), 0);
+    }
 }

@@ -1,15 +1,33 @@
-//! How many parts a worker holds at once: as many as raise its throughput, and no more.
+//! How many parts a worker reads at once: as many as raise its throughput, and no more.
 //!
 //! A worker behind a link that two parts already fill gains nothing from a sixteenth: the
 //! other fourteen only sit in its claims, each moving at a sixteenth of the link, while a worker
 //! that joins later (or a faster one) finds nothing to claim. So the number of parts a worker
-//! claims is found by climbing: start at two, double while a measured window of completed parts
-//! shows at least 10% more throughput than the best level so far, settle on the best level
-//! when it does not, and try one more now and then (other workers come and go, links change).
-//! On a fast link throughput keeps rising and the climb reaches `--concurrency` in a few
-//! windows; on a slow one it stops where the link is full.
+//! reads at once (a part whose bytes are in hand only writes them, and does not count) is found
+//! by climbing: start at two, double while a measured window of completed parts shows at least
+//! 10% more throughput than the best level so far, settle on the best level when it does not,
+//! and try one more now and then (other workers come and go, links change). On a fast link
+//! throughput keeps rising and the climb reaches `--concurrency` in a few windows; on a slow one
+//! it stops where the link is full. Near the end of a transfer, [`fair_share`] caps it further.
 
 use std::time::{Duration, Instant};
+
+/// How many more parts a worker reading `reading` parts may start, by its share of the `ready`
+/// parts left split evenly among it and the `others` holding parts of the same queue. Near the
+/// end of a transfer this leaves the last parts to workers whose links are free, instead of
+/// one worker reading several at a fraction of its link while the others finish and wait. A
+/// worker reading nothing may always start one.
+pub fn fair_share(ready: u64, others: u64, reading: usize) -> usize {
+    let share = ready.div_ceil(others.saturating_add(1));
+    let allowed = usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(reading);
+    if reading == 0 {
+        allowed.max(1)
+    } else {
+        allowed
+    }
+}
 
 /// A window of completions is measured once it holds this many parts per part in flight...
 const PARTS_PER_LEVEL: u32 = 1;
@@ -168,6 +186,24 @@ mod tests {
         let levels = simulate(&mut p, |k| 50e6 * (k.min(4) as f64), 8 << 20, 120.0);
         let late = &levels[levels.len() / 2..];
         assert!(late.iter().all(|&k| (4..=8).contains(&k)), "{levels:?}");
+    }
+
+    #[test]
+    fn the_last_parts_go_to_workers_reading_none() {
+        // Plenty left: the share does not limit the pace.
+        assert_eq!(fair_share(40, 3, 2), 8);
+        // Seven left among four workers: two each, counting what each reads already.
+        assert_eq!(fair_share(7, 3, 0), 2);
+        assert_eq!(fair_share(7, 3, 1), 1);
+        assert_eq!(fair_share(7, 3, 2), 0);
+        // Fewer left than workers: only a worker reading nothing takes one.
+        assert_eq!(fair_share(2, 3, 1), 0);
+        assert_eq!(fair_share(2, 3, 0), 1);
+        // Alone on the queue, a worker takes them all.
+        assert_eq!(fair_share(5, 0, 1), 4);
+        // Nothing ready: nothing to take, whatever the count says.
+        assert_eq!(fair_share(0, 0, 2), 0);
+        assert_eq!(fair_share(u64::MAX, u64::MAX, 0), 1);
     }
 
     #[test]

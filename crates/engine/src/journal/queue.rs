@@ -47,6 +47,13 @@ pub struct Task {
     pub claims: u32,
 }
 
+/// The part tasks left to claim on a queue, and the other workers holding some there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartDemand {
+    pub ready: u64,
+    pub other_workers: u64,
+}
+
 /// The work queue as the scheduler (`cluster::Worker`) sees it: tasks claimed under leases,
 /// each outcome recorded while the task is held, a file's finalize queued once by whoever
 /// records its last part. Two implementations: the SQL journal's (`barge worker`, `submit`,
@@ -113,6 +120,11 @@ pub trait WorkQueue: Send + Sync {
     async fn settle(&self, transfer: &str) -> Result<Option<TransferState>>;
     async fn transfer_state(&self, transfer: &str) -> Result<Option<TransferState>>;
     async fn unfinished_work(&self, queue: &str) -> Result<u64>;
+    /// The part tasks ready on `queue`, and how many workers other than `owner` hold part
+    /// tasks there: what a fair share of the parts left is. None where no one else claims.
+    async fn part_demand(&self, _queue: &str, _owner: &str) -> Result<Option<PartDemand>> {
+        Ok(None)
+    }
     /// The transfer's record and the queue it was submitted to.
     async fn transfer_request(&self, transfer: &str) -> Result<Option<(TransferRecord, String)>>;
 }
@@ -201,6 +213,9 @@ impl WorkQueue for SqlJournal {
     }
     async fn unfinished_work(&self, queue: &str) -> Result<u64> {
         SqlJournal::unfinished_work(self, queue).await
+    }
+    async fn part_demand(&self, queue: &str, owner: &str) -> Result<Option<PartDemand>> {
+        SqlJournal::part_demand(self, queue, owner).await.map(Some)
     }
     async fn transfer_request(&self, transfer: &str) -> Result<Option<(TransferRecord, String)>> {
         let Some(record) = Journal::transfer(self, transfer).await? else {
@@ -750,6 +765,27 @@ impl SqlJournal {
             super::TransferState::parse(&r.try_get::<String, _>("state").map_err(|e| self.err(e))?)
         })
         .transpose()
+    }
+
+    /// See [`WorkQueue::part_demand`].
+    pub async fn part_demand(&self, queue: &str, owner: &str) -> Result<PartDemand> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(CASE WHEN state = 'ready' THEN 1 ELSE 0 END), 0) AS ready, \
+             COUNT(DISTINCT CASE WHEN state = 'leased' AND owner <> $1 THEN owner END) AS others \
+             FROM barge_work WHERE queue = $2 AND kind = 'part' AND state IN ('ready', 'leased')",
+        )
+        .bind(owner)
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        let g = |e: sqlx::Error| self.err(e);
+        let ready: i64 = row.try_get("ready").map_err(g)?;
+        let others: i64 = row.try_get("others").map_err(g)?;
+        Ok(PartDemand {
+            ready: ready.max(0) as u64,
+            other_workers: others.max(0) as u64,
+        })
     }
 
     /// Whether a queue holds tasks not yet done (ready or leased): 0 means a worker has nothing
