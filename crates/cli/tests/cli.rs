@@ -421,6 +421,150 @@ async fn secrets_never_reach_the_output() {
     }
 }
 
+/// A manifest whose connection ids are defined only as Airflow connections (`AIRFLOW_CONN_*`,
+/// one in the URI form, one in the JSON form; no config file names them) moves its files
+/// byte-identical, the empty one and a multipart one included, and neither the output at debug
+/// level nor the journal holds a secret. An id nothing defines is refused naming both places.
+#[tokio::test(flavor = "multi_thread")]
+async fn airflow_connections_from_the_environment_move_a_manifest() {
+    let e = env("cli-airflow");
+    std::fs::write(&e.config, "").expect("an empty config");
+    let p = prefix("cli-airflow");
+    let ga = ga().await;
+    let files = [("empty", 0), ("small", 1000), ("big", 6 * MIB)];
+    for (name, len) in files {
+        put(
+            ga.as_ref(),
+            "src",
+            &format!("{p}{name}"),
+            data(len, len as u64),
+            &ObjectAttrs::default(),
+        )
+        .await;
+    }
+    let var = |v: &str| std::env::var(v).expect("test bed variable");
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let src_uri = format!(
+        "aws://{}:{}@/?region_name=us-east-1&endpoint_url={}",
+        enc(&var("BARGE_TEST_A_KEY_ID")),
+        enc(&var("BARGE_TEST_A_SECRET")),
+        enc(&var("BARGE_TEST_A_ENDPOINT")),
+    );
+    let dst_json = serde_json::json!({
+        "conn_type": "aws",
+        "login": var("BARGE_TEST_B_KEY_ID"),
+        "password": var("BARGE_TEST_B_SECRET"),
+        "extra": {"region_name": "us-east-1", "endpoint_url": var("BARGE_TEST_B_ENDPOINT")},
+    })
+    .to_string();
+    let entries: Vec<_> = files
+        .iter()
+        .map(|(name, _)| {
+            serde_json::json!({
+                "src_conn_id": "lake_src", "src_bucket": "src", "src_key": format!("{p}{name}"),
+                "dest_conn_id": "lake_dst", "dest_bucket": "dst", "dest_key": format!("{p}{name}"),
+            })
+        })
+        .collect();
+    let manifest = e.dir.join("m.json");
+    std::fs::write(&manifest, serde_json::to_string(&entries).expect("json")).expect("manifest");
+    let run = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_barge"));
+        c.arg("--config")
+            .arg(&e.config)
+            .arg("--journal")
+            .arg(e.dir.join("journal.sqlite"))
+            .args(args)
+            .env_remove("BARGE_CONFIG")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.output().expect("run barge")
+    };
+    let both = [
+        ("AIRFLOW_CONN_LAKE_SRC", src_uri.as_str()),
+        ("AIRFLOW_CONN_LAKE_DST", dst_json.as_str()),
+    ];
+    let o = run(
+        &both,
+        &[
+            "-vv",
+            "run",
+            &manifest.to_string_lossy(),
+            "--part-size",
+            "5MiB",
+            "--json",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let gb = gb().await;
+    for (name, len) in files {
+        assert_eq!(
+            sha256(&read(gb.as_ref(), "dst", &format!("{p}{name}")).await),
+            sha256(&data(len, len as u64)),
+            "{name}"
+        );
+    }
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+    let journal = std::fs::read(e.dir.join("journal.sqlite")).expect("journal written");
+    let wal = std::fs::read(e.dir.join("journal.sqlite-wal")).unwrap_or_default();
+    for v in ["BARGE_TEST_A_SECRET", "BARGE_TEST_B_SECRET"] {
+        let secret = var(v);
+        assert!(
+            !out.contains(&secret) && !err.contains(&secret),
+            "{v} leaked"
+        );
+        assert!(
+            !out.contains(&enc(&secret)) && !err.contains(&enc(&secret)),
+            "{v} leaked"
+        );
+        for bytes in [&journal, &wal] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{v} found in the journal"
+            );
+        }
+    }
+    // Without the destination's variable, the id is refused by name before anything moves.
+    let o = run(&both[..1], &["run", &manifest.to_string_lossy()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("connection id 'lake_dst' is not configured")
+            && err.contains("AIRFLOW_CONN_LAKE_DST"),
+        "{err}"
+    );
+    // A connection barge cannot honour fails the file naming the variable, not quoting it, as a
+    // config file's connection whose key variable is missing does.
+    let role = format!("{src_uri}&role_arn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr");
+    let o = run(
+        &[("AIRFLOW_CONN_LAKE_SRC", role.as_str()), both[1]],
+        &[
+            "cp",
+            &format!("lake_src:src/{p}small"),
+            &format!("lake_dst:dst/{p}again"),
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("AIRFLOW_CONN_LAKE_SRC") && err.contains("role_arn"),
+        "{err}"
+    );
+    let secret = var("BARGE_TEST_A_SECRET");
+    assert!(!out.contains(&secret) && !err.contains(&secret) && !err.contains(&enc(&secret)));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cleanup_command_aborts_stale_uploads() {
     let e = env("cli-cleanup");

@@ -1,6 +1,9 @@
-//! Connections: named endpoints and credentials, from a TOML config file and the standard AWS
-//! environment. Credentials are referenced (an environment variable, a profile), never stored in
-//! the config, the journal or any message.
+//! Connections: named endpoints and credentials, from a TOML config file, Airflow's
+//! `AIRFLOW_CONN_{ID}` variables (`airflow`) and the standard AWS environment. Credentials are
+//! referenced (an environment variable, a profile), never stored in the config, the journal or
+//! any message.
+
+pub mod airflow;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -267,8 +270,10 @@ impl Connections {
         }
     }
 
+    /// Whether `name` is a connection: the config file's, or else an Airflow connection in the
+    /// environment (`AIRFLOW_CONN_{NAME}`).
     pub fn is_configured(&self, name: &str) -> bool {
-        self.file.connections.contains_key(name)
+        self.file.connections.contains_key(name) || airflow::lookup(name).is_some()
     }
 
     /// The addresses `host` resolves to (an empty list when it does not resolve within 5 s),
@@ -309,15 +314,17 @@ impl Connections {
         self.file.connections.keys().cloned().collect()
     }
 
-    /// A manifest's `src_conn_id`/`dest_conn_id`: a configured name, `local`, or (for Airflow's
-    /// `aws_default` and an empty id) the default connection.
+    /// A manifest's `src_conn_id`/`dest_conn_id`: a configured name (the config file's, else an
+    /// Airflow connection variable), `local`, or (for Airflow's `aws_default` when nothing
+    /// defines it, and an empty id) the default connection.
     pub fn resolve_conn_id(&self, id: &str) -> Result<ConnRef> {
         match id {
             "local" => Ok(ConnRef::Local),
             _ if self.is_configured(id) => Ok(ConnRef::Named(id.to_string())),
             "" | "default" | "aws_default" | "s3" => Ok(ConnRef::Default),
             _ => Err(EngineError::Input(format!(
-                "connection id '{id}' is not configured (add [connections.{id}] to the config file; configured: {})",
+                "connection id '{id}' is not configured (add [connections.{id}] to the config file, or define the Airflow connection in {}; configured: {})",
+                airflow::var_name(id),
                 if self.file.connections.is_empty() {
                     "none".to_string()
                 } else {
@@ -335,16 +342,17 @@ impl Connections {
         let store: Arc<dyn Store> = match conn {
             ConnRef::Local => Arc::new(LocalStore::new()),
             ConnRef::Default => Arc::new(S3Store::connect(default_config(&self.file)?).await?),
-            ConnRef::Named(name) => {
-                let c = self.file.connections.get(name).ok_or_else(|| {
-                    EngineError::Input(format!("no connection named '{name}' is configured"))
-                })?;
-                if c.kind.as_deref() == Some("local") {
-                    Arc::new(LocalStore::new())
-                } else {
-                    Arc::new(S3Store::connect(s3_config(name, c)?).await?)
+            ConnRef::Named(name) => match self.file.connections.get(name) {
+                Some(c) if c.kind.as_deref() == Some("local") => Arc::new(LocalStore::new()),
+                Some(c) => Arc::new(S3Store::connect(s3_config(name, c)?).await?),
+                None => {
+                    let raw = airflow::lookup(name).ok_or_else(|| {
+                        EngineError::Input(format!("no connection named '{name}' is configured"))
+                    })?;
+                    let conn = airflow::parse(name, &raw)?;
+                    Arc::new(S3Store::connect(airflow::s3_config_of(name, &conn)?).await?)
                 }
-            }
+            },
         };
         open.insert(conn.clone(), store.clone());
         Ok(store)

@@ -85,7 +85,8 @@ impl Location {
             }
             if !is_connection(name) {
                 return Err(bad(&format!(
-                    "no connection named '{name}' is configured (add [connections.{name}] to the config file, or write ./{s} for a local path)"
+                    "no connection named '{name}' is configured (add [connections.{name}] to the config file, define the Airflow connection in {}, or write ./{s} for a local path)",
+                    crate::connections::airflow::var_name(name)
                 )));
             }
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
@@ -183,6 +184,7 @@ mod tests {
     fn errors_name_the_problem() {
         let e = parse("nope:b/k").expect_err("unknown connection");
         assert!(e.to_string().contains("no connection named 'nope'"), "{e}");
+        assert!(e.to_string().contains("AIRFLOW_CONN_NOPE"), "{e}");
         assert!(parse("s3:///k").is_err());
         assert!(
             parse("gs://b/k")
