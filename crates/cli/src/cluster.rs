@@ -280,6 +280,7 @@ async fn work_on(
         .with_skipped(skipped);
     // What passed through this process (other workers count their own).
     s.bytes_through_client = worker.metrics.bytes_moved.get();
+    s.throttled = worker.throttled();
     for f in &s.files {
         progress.file_finished(f);
     }

@@ -453,7 +453,7 @@ async fn execute(
 
 fn print_summary(s: &Summary) {
     eprintln!(
-        "{} of {} files moved and verified, {} in {:.1}s ({}/s), {} through barge, {} retries{}",
+        "{} of {} files moved and verified, {} in {:.1}s ({}/s), {} through barge, {} retries{}{}",
         s.files_ok,
         s.files_total,
         human(s.bytes),
@@ -461,6 +461,11 @@ fn print_summary(s: &Summary) {
         human(s.bytes_per_second as u64),
         human(s.bytes_through_client),
         s.retries,
+        if s.throttled > 0 {
+            format!(" ({} throttled)", s.throttled)
+        } else {
+            String::new()
+        },
         if s.files_failed > 0 {
             format!("; {} FAILED", s.files_failed)
         } else {

@@ -30,7 +30,7 @@ async fn run_through_faults(
     faults: Faults,
     big: usize,
     small: usize,
-) -> (FaultProxy, FaultProxy) {
+) -> (FaultProxy, FaultProxy, serde_json::Value, String) {
     require_testbed();
     let ga = connections()
         .get(&ConnRef::Named("ga".into()))
@@ -139,7 +139,7 @@ async fn run_through_faults(
         pa.counts.snapshot(),
         pb.counts.snapshot()
     );
-    (pa, pb)
+    (pa, pb, v, err)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -152,7 +152,7 @@ async fn transfers_survive_drops_throttling_and_errors() {
         mean_budget: 8 * 1024 * 1024,
         seed: 7,
     };
-    let (pa, pb) = run_through_faults("faults", faults, 60 * MIB + 5, 12).await;
+    let (pa, pb, _, _) = run_through_faults("faults", faults, 60 * MIB + 5, 12).await;
     let [_, s1, e1, c1, st1] = pa.counts.snapshot();
     let [_, s2, e2, c2, st2] = pb.counts.snapshot();
     // Which fault each connection gets is drawn per connection: with a few dozen connections
@@ -178,9 +178,36 @@ async fn stalls_longer_than_the_timeout_are_retried() {
         mean_budget: 6 * 1024 * 1024,
         seed: 11,
     };
-    let (pa, pb) = run_through_faults("stalls", faults, 20 * MIB, 0).await;
+    let (pa, pb, _, _) = run_through_faults("stalls", faults, 20 * MIB, 0).await;
     assert!(
         pa.counts.snapshot()[4] + pb.counts.snapshot()[4] > 0,
         "connections stalled"
+    );
+}
+
+/// A store answering 503 SlowDown is sent fewer requests at once, not only the same ones again:
+/// the log says to how many its requests in flight were lowered, and `--json` counts every
+/// throttling answer, no more than the proxies gave. Everything still arrives byte-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_lowers_the_requests_in_flight_and_is_counted() {
+    let faults = Faults {
+        slowdown: 0.3,
+        internal_error: 0.0,
+        stall: 0.0,
+        stall_for: Duration::from_secs(1),
+        mean_budget: 64 * 1024 * 1024,
+        seed: 23,
+    };
+    let (pa, pb, v, err) = run_through_faults("throttle", faults, 12 * MIB, 30).await;
+    let slowdowns = pa.counts.snapshot()[1] + pb.counts.snapshot()[1];
+    assert!(slowdowns > 0, "the proxies answered 503 SlowDown");
+    let throttled = v["throttled"].as_u64().expect("throttled in --json");
+    assert!(
+        throttled > 0 && throttled <= slowdowns,
+        "{throttled} throttled answers counted, {slowdowns} given: {v}"
+    );
+    assert!(
+        err.contains("is throttling: requests in flight to it lowered to"),
+        "the lowering shows in the log:\n{err}"
     );
 }

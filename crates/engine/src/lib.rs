@@ -20,6 +20,7 @@ pub mod retry;
 pub mod run;
 pub mod size;
 pub mod steps;
+pub mod throttle;
 pub mod worker;
 
 pub use error::{EngineError, Result};

@@ -95,6 +95,9 @@ pub struct Summary {
     pub seconds: f64,
     pub bytes_per_second: f64,
     pub retries: u64,
+    /// Answers that asked for fewer requests (503 SlowDown, 429): each lowered, for a while,
+    /// the requests in flight to its store.
+    pub throttled: u64,
     pub files: Vec<FileOutcome>,
     /// Entries of a listed prefix that are not files barge copies (folder markers, local
     /// symlinks and special files), each with why.
@@ -122,6 +125,7 @@ impl Summary {
             seconds: secs,
             bytes_per_second: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
             retries,
+            throttled: 0,
             files,
             files_skipped: 0,
             skipped: Vec::new(),

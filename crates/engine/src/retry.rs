@@ -7,6 +7,8 @@ use std::time::Duration;
 use barge_store::StoreError;
 use rand::Rng;
 
+use crate::throttle::Gates;
+
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     /// Attempts per request, the first included.
@@ -37,10 +39,14 @@ impl RetryPolicy {
     }
 }
 
-/// Counts retries for the summary and the metrics.
+/// Counts retries and throttling for the summary and the metrics, and holds each store's gate
+/// on requests in flight, which throttling lowers (`throttle`).
 #[derive(Debug, Default)]
 pub struct RetryStats {
     pub retries: AtomicU64,
+    /// Answers that asked for fewer requests (503 SlowDown, 429).
+    pub throttled: AtomicU64,
+    pub gates: Gates,
 }
 
 /// Run `f` until it succeeds, fails with an error that retrying cannot fix, or the budget ends.
@@ -56,7 +62,14 @@ where
 {
     let mut attempt = 0;
     loop {
-        match f().await {
+        let result = f().await;
+        if let Err(StoreError::Throttled { store, .. }) = &result {
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+            if let Some(gate) = stats.gates.get(store) {
+                gate.throttled(std::time::Instant::now());
+            }
+        }
+        match result {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() && attempt + 1 < policy.max_attempts => {
                 let delay = policy.delay(attempt);

@@ -405,6 +405,7 @@ impl Engine {
             started.elapsed(),
             self.limits.stats.retries.load(Ordering::Relaxed),
         );
+        summary.throttled = self.limits.stats.throttled.load(Ordering::Relaxed);
         let state = if self.cancel.is_cancelled() {
             TransferState::Interrupted
         } else if summary.success() {

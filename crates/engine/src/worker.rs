@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use crate::finalize::full_crc;
 use crate::plan::{FilePlan, Strategy};
 use crate::retry::{RetryPolicy, RetryStats, retry};
+use crate::throttle::Pass;
 
 /// Memory a streamed part holds at once (its write batch plus chunks in flight).
 const STREAM_BUFFER: u64 = 2 * 1024 * 1024;
@@ -21,6 +22,8 @@ const STREAM_BUFFER: u64 = 2 * 1024 * 1024;
 pub struct Limits {
     /// Parts (requests) in flight across all files.
     pub requests: Semaphore,
+    /// At most the requests of both kinds in flight: where each store's gate starts.
+    gate_max: usize,
     /// Whole objects (one request each way) in flight. A small object's move is mostly waiting
     /// on two round trips, not on bandwidth: many more of them run at once than parts.
     pub objects: Semaphore,
@@ -45,6 +48,7 @@ impl Limits {
         let kib = u64::from(Self::kib(max_memory)) as usize;
         Self {
             requests: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
+            gate_max: concurrency.saturating_add(objects),
             objects: Semaphore::new(objects.clamp(1, Semaphore::MAX_PERMITS)),
             memory_kib: Semaphore::new(kib),
             retry,
@@ -71,6 +75,26 @@ impl Limits {
                 pool.push(buf);
             }
         }
+    }
+
+    /// Room for one request under the gates of `src` and `dst` (see `throttle`): what a
+    /// throttling store lowers. A local store never throttles, and its gate stays open.
+    async fn enter(&self, src: &dyn Store, dst: &dyn Store) -> (Pass, Option<Pass>) {
+        let gate = |name: &str| self.stats.gates.gate(name, self.gate_max);
+        // Always in name order: two files moving in opposite directions never each hold one
+        // gate while waiting for the other's.
+        let (first, second) = if src.name() <= dst.name() {
+            (src.name(), dst.name())
+        } else {
+            (dst.name(), src.name())
+        };
+        let a = gate(first).enter().await;
+        let b = if first == second {
+            None
+        } else {
+            Some(gate(second).enter().await)
+        };
+        (a, b)
     }
 
     fn kib(len: u64) -> u32 {
@@ -115,6 +139,31 @@ pub async fn move_part(
     read: impl FnOnce(),
 ) -> Result<PartReceipt, StoreError> {
     let _req = limits.requests.acquire().await.map_err(|_| closed())?;
+    let gates = limits.enter(src.as_ref(), dst.as_ref()).await;
+    let r = move_part_within(limits, src, dst, plan, upload, part, read).await;
+    if r.is_ok() {
+        clean(&gates);
+    }
+    r
+}
+
+/// An answer came back without throttling: the gates may open a little.
+fn clean((d, s): &(Pass, Option<Pass>)) {
+    d.clean();
+    if let Some(s) = s {
+        s.clean();
+    }
+}
+
+async fn move_part_within(
+    limits: &Limits,
+    src: &Arc<dyn Store>,
+    dst: &Arc<dyn Store>,
+    plan: &FilePlan,
+    upload: &UploadRef,
+    part: PartSpec,
+    read: impl FnOnce(),
+) -> Result<PartReceipt, StoreError> {
     match plan.strategy {
         Strategy::ServerPartCopy => {
             let what = format!("copy of part {} of {}", part.number, plan.dst);
@@ -179,6 +228,20 @@ pub async fn move_whole(
     plan: &FilePlan,
 ) -> Result<MovedWhole, StoreError> {
     let _req = limits.objects.acquire().await.map_err(|_| closed())?;
+    let gates = limits.enter(src.as_ref(), dst.as_ref()).await;
+    let r = move_whole_within(limits, src, dst, plan).await;
+    if r.is_ok() {
+        clean(&gates);
+    }
+    r
+}
+
+async fn move_whole_within(
+    limits: &Limits,
+    src: &Arc<dyn Store>,
+    dst: &Arc<dyn Store>,
+    plan: &FilePlan,
+) -> Result<MovedWhole, StoreError> {
     if plan.strategy == Strategy::ServerCopy {
         let what = format!("server-side copy to {}", plan.dst);
         let r = retry(&limits.retry, &limits.stats, &what, || {

@@ -493,7 +493,10 @@ pub async fn wrong_checksum_rejected(store: &dyn Store, bucket: &str, prefix: &s
         )
         .await;
     assert!(
-        !matches!(res, Ok(_) | Err(StoreError::Transient { .. })),
+        !matches!(
+            res,
+            Ok(_) | Err(StoreError::Transient { .. }) | Err(StoreError::Throttled { .. })
+        ),
         "an object whose CRC32C does not match is refused for good, got {res:?}"
     );
     match store.head(&whole).await {

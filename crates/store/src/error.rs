@@ -50,6 +50,14 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// The store asked for fewer requests (503 SlowDown, 429): retried, and fewer sent at once.
+    #[error("{store}: {op} was throttled: {detail}")]
+    Throttled {
+        store: String,
+        op: String,
+        detail: String,
+    },
+
     #[error("{store}: {op} failed: {detail}")]
     Permanent {
         store: String,
@@ -69,7 +77,7 @@ impl StoreError {
     /// Whether trying the same request again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Transient { .. } => true,
+            StoreError::Transient { .. } | StoreError::Throttled { .. } => true,
             StoreError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

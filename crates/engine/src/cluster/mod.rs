@@ -313,6 +313,11 @@ impl Worker {
         self.limits.stats.retries.load(Ordering::Relaxed)
     }
 
+    /// Answers that asked this worker for fewer requests.
+    pub fn throttled(&self) -> u64 {
+        self.limits.stats.throttled.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn parts_reused(&self) -> u64 {
         self.parts_reused.load(Ordering::Relaxed)
     }

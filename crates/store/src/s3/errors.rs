@@ -112,9 +112,12 @@ pub(super) fn map_status(
             what: format!("{op} on {path}"),
             detail,
         },
-        (429, _)
-        | (500..=599, _)
-        | (_, "SlowDown")
+        (429, _) | (503, _) | (_, "SlowDown") => StoreError::Throttled {
+            store,
+            op: op.to_string(),
+            detail: format!("{path}: {detail}"),
+        },
+        (500..=599, _)
         | (_, "InternalError")
         | (_, "RequestTimeout")
         | (_, "ServiceUnavailable")
