@@ -9,6 +9,7 @@
 //! started at.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ struct State {
 pub struct Gate {
     store: String,
     max: usize,
+    /// Until a store first throttles its gate only lets requests through, uncounted: a run
+    /// against a store that never throttles pays no lock per request.
+    closing: AtomicBool,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -39,6 +43,7 @@ impl Gate {
         Self {
             store: store.to_string(),
             max,
+            closing: AtomicBool::new(false),
             state: Mutex::new(State {
                 limit: max as f64,
                 in_flight: 0,
@@ -59,6 +64,12 @@ impl Gate {
 
     /// Wait for room under the limit; the pass holds it until dropped.
     pub async fn enter(self: &Arc<Self>) -> Pass {
+        if !self.closing.load(Ordering::Acquire) {
+            return Pass {
+                gate: self.clone(),
+                counted: false,
+            };
+        }
         loop {
             let woken = self.wake.notified();
             tokio::pin!(woken);
@@ -68,7 +79,10 @@ impl Gate {
                 let mut s = self.state();
                 if s.in_flight < (s.limit as usize).clamp(1, self.max) {
                     s.in_flight += 1;
-                    return Pass { gate: self.clone() };
+                    return Pass {
+                        gate: self.clone(),
+                        counted: true,
+                    };
                 }
             }
             woken.await;
@@ -86,6 +100,9 @@ impl Gate {
         }
         s.last_cut = Some(now);
         s.limit = (s.limit / 2.0).max(1.0);
+        // Requests let through uncounted before this are not in `in_flight`: for as long as
+        // they run, a few more than the limit are out.
+        self.closing.store(true, Ordering::Release);
         let limit = s.limit as usize;
         drop(s);
         tracing::warn!(
@@ -97,6 +114,9 @@ impl Gate {
 
     /// A request was answered without throttling: one more in flight per limit's worth.
     pub fn clean(&self) {
+        if !self.closing.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.state();
         if s.limit < self.max as f64 {
             let before = s.limit as usize;
@@ -113,6 +133,7 @@ impl Gate {
 #[derive(Debug)]
 pub struct Pass {
     gate: Arc<Gate>,
+    counted: bool,
 }
 
 impl Pass {
@@ -124,6 +145,9 @@ impl Pass {
 
 impl Drop for Pass {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         let mut s = self.gate.state();
         s.in_flight = s.in_flight.saturating_sub(1);
         drop(s);
@@ -140,12 +164,13 @@ pub struct Gates {
 impl Gates {
     /// `store`'s gate, opened at `max` requests the first time.
     pub fn gate(&self, store: &str, max: usize) -> Arc<Gate> {
-        self.gates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(store.to_string())
-            .or_insert_with(|| Arc::new(Gate::new(store, max)))
-            .clone()
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = gates.get(store) {
+            return g.clone();
+        }
+        let g = Arc::new(Gate::new(store, max));
+        gates.insert(store.to_string(), g.clone());
+        g
     }
 
     /// `store`'s gate if it has one.
