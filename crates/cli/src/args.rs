@@ -147,6 +147,9 @@ pub struct WorkerArgs {
     /// Attempts per request before a file fails.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub retries: u32,
+    /// Bytes per second this worker reads, and writes, at most (like 10MiB or 500K).
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
     /// How long a claim on a part lasts unless renewed: a worker that dies holds its parts
     /// this long.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
@@ -271,6 +274,10 @@ pub struct Common {
     /// Attempts per request before a file fails (throttling, 5xx, timeouts, dropped connections).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub retries: u32,
+    /// Bytes per second this process reads, and writes, at most (like 10MiB or 500K); server-side
+    /// copies are not counted.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
     /// Delete each source object (exactly its key and version) once its copy is verified.
     #[arg(long)]
     pub delete_source: bool,
@@ -378,8 +385,25 @@ impl Common {
             ..RunOptions::default()
         };
         opts.retry.max_attempts = self.retries;
+        opts.bwlimit = bwlimit(self.bwlimit.as_deref())?;
         Ok(opts)
     }
+}
+
+/// `--bwlimit RATE`: a size per second (`10MiB`, `10MiB/s`, `500K`), at least 1 KiB/s.
+pub fn bwlimit(rate: Option<&str>) -> Result<Option<u64>> {
+    let Some(rate) = rate else {
+        return Ok(None);
+    };
+    let t = rate.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let n = barge_engine::size::parse_size(t).map_err(|_| {
+        EngineError::Input(format!(
+            "--bwlimit '{rate}' is not a rate: write bytes per second with a unit, like 10MiB or 500K"
+        ))
+    })?;
+    in_range("--bwlimit", n, 1024, 1 << 50)?;
+    Ok(Some(n))
 }
 
 pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {

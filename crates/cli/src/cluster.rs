@@ -59,6 +59,7 @@ pub fn worker_options(a: &WorkerArgs) -> anyhow::Result<WorkerOptions> {
         lease,
         journal_wait: parse_duration("--journal-wait", &a.journal_wait)?,
         allow_local: a.allow_local,
+        bwlimit: crate::args::bwlimit(a.bwlimit.as_deref())?,
         ..WorkerOptions::default()
     };
     if let Some(id) = &a.id {
@@ -255,6 +256,7 @@ async fn work_on(
             files: opts.files,
             max_memory: opts.plan.max_memory,
             retry: opts.retry.clone(),
+            bwlimit: opts.bwlimit,
             ..WorkerOptions::default()
         },
     ));

@@ -6,6 +6,7 @@
 //! source) → [`report`] (progress and summary). [`run`] drives the stages in one process;
 //! [`cluster`] lets many worker processes share them through the SQL journal's work queue.
 
+pub mod bwlimit;
 pub mod cluster;
 pub mod connections;
 mod error;

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub retry: RetryPolicy,
     /// Continue an unfinished transfer of the same files instead of starting over.
     pub resume: bool,
+    /// `--bwlimit`: bytes per second read, and written, by this process.
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for RunOptions {
@@ -51,6 +53,7 @@ impl Default for RunOptions {
             dry_run: false,
             retry: RetryPolicy::default(),
             resume: true,
+            bwlimit: None,
         }
     }
 }
@@ -123,12 +126,15 @@ impl Observer for Collect {
 
 impl Engine {
     pub fn new(conns: Arc<Connections>, opts: RunOptions) -> Self {
-        let limits = Arc::new(Limits::new(
-            opts.concurrency,
-            opts.files,
-            opts.plan.max_memory,
-            opts.retry.clone(),
-        ));
+        let limits = Arc::new(
+            Limits::new(
+                opts.concurrency,
+                opts.files,
+                opts.plan.max_memory,
+                opts.retry.clone(),
+            )
+            .with_bwlimit(opts.bwlimit),
+        );
         Self {
             conns,
             opts,

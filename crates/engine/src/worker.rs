@@ -10,6 +10,7 @@ use barge_store::{PartReceipt, PartSpec, PutReceipt, Store, StoreError, UploadRe
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::bwlimit::Bandwidth;
 use crate::finalize::full_crc;
 use crate::plan::{FilePlan, Strategy};
 use crate::retry::{RetryPolicy, RetryStats, retry};
@@ -24,6 +25,9 @@ pub struct Limits {
     pub requests: Semaphore,
     /// At most the requests of both kinds in flight: where each store's gate starts.
     gate_max: usize,
+    /// `--bwlimit`: bytes read from sources, and bytes written to destinations, per second.
+    reads: Option<Bandwidth>,
+    writes: Option<Bandwidth>,
     /// Whole objects (one request each way) in flight. A small object's move is mostly waiting
     /// on two round trips, not on bandwidth: many more of them run at once than parts.
     pub objects: Semaphore,
@@ -49,12 +53,35 @@ impl Limits {
         Self {
             requests: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
             gate_max: concurrency.saturating_add(objects),
+            reads: None,
+            writes: None,
             objects: Semaphore::new(objects.clamp(1, Semaphore::MAX_PERMITS)),
             memory_kib: Semaphore::new(kib),
             retry,
             stats: RetryStats::default(),
             pool: std::sync::Mutex::new(Vec::new()),
             pool_max_bytes: (max_memory / 4) as usize,
+        }
+    }
+
+    /// Hold reads and writes each to `rate` bytes per second (`--bwlimit`).
+    pub fn with_bwlimit(mut self, rate: Option<u64>) -> Self {
+        self.reads = rate.map(Bandwidth::new);
+        self.writes = rate.map(Bandwidth::new);
+        self
+    }
+
+    /// Wait until `n` more bytes may be read.
+    async fn read_paced(&self, n: u64) {
+        if let Some(bw) = &self.reads {
+            bw.take(n).await;
+        }
+    }
+
+    /// Wait until `n` more bytes may be written.
+    async fn write_paced(&self, n: u64) {
+        if let Some(bw) = &self.writes {
+            bw.take(n).await;
         }
     }
 
@@ -119,6 +146,7 @@ async fn read_range(
     offset: u64,
     len: u64,
 ) -> Result<(Bytes, u32), StoreError> {
+    limits.read_paced(len).await;
     let what = format!("read of {} bytes {offset}+{len}", plan.src);
     let data = retry(&limits.retry, &limits.stats, &what, || {
         src.get_range_into(&plan.src.path, &plan.pin, offset, len, limits.take_buffer())
@@ -179,6 +207,8 @@ async fn move_part_within(
                 .acquire_many(Limits::kib(STREAM_BUFFER.min(part.len)))
                 .await
                 .map_err(|_| closed())?;
+            limits.read_paced(part.len).await;
+            limits.write_paced(part.len).await;
             let what = format!(
                 "copy of part {} of {} to {}",
                 part.number, plan.src, plan.dst
@@ -200,6 +230,7 @@ async fn move_part_within(
                 .map_err(|_| closed())?;
             let (data, crc) = read_range(limits, src.as_ref(), plan, part.offset, part.len).await?;
             read();
+            limits.write_paced(part.len).await;
             let what = format!("upload of part {} of {}", part.number, plan.dst);
             let r = retry(&limits.retry, &limits.stats, &what, || {
                 dst.upload_part(upload, &part, data.clone(), Some(crc))
@@ -265,6 +296,7 @@ async fn move_whole_within(
     let (data, attrs, crc) = if plan.attrs_pending && plan.size > 0 {
         // One GET brings the bytes, the metadata and the CRC32C the source keeps, if it keeps
         // one for the whole object: bytes that differ from it are read again.
+        limits.read_paced(plan.size).await;
         let what = format!("read of {}", plan.src);
         let (meta, data, crc) = retry(&limits.retry, &limits.stats, &what, || async {
             let (meta, data) = src.get(&plan.src.path, &plan.pin).await?;
@@ -305,6 +337,7 @@ async fn move_whole_within(
         let (data, crc) = read_range(limits, src.as_ref(), plan, 0, plan.size).await?;
         (data, plan.attrs.clone(), crc)
     };
+    limits.write_paced(plan.size).await;
     let what = format!("upload of {}", plan.dst);
     let r = retry(&limits.retry, &limits.stats, &what, || {
         dst.put(&plan.dst.path, data.clone(), &attrs, Some(crc))

@@ -137,6 +137,8 @@ pub struct WorkerOptions {
     /// anyone who can write the shared journal could otherwise make a worker read, upload and
     /// delete files on its own disk.
     pub allow_local: bool,
+    /// `--bwlimit`: bytes per second this worker reads, and writes.
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for WorkerOptions {
@@ -151,6 +153,7 @@ impl Default for WorkerOptions {
             retry: RetryPolicy::default(),
             journal_wait: Duration::from_secs(600),
             allow_local: false,
+            bwlimit: None,
         }
     }
 }
@@ -251,12 +254,15 @@ impl Worker {
         queue: Arc<Q>,
         opts: WorkerOptions,
     ) -> Self {
-        let limits = Arc::new(Limits::new(
-            opts.concurrency,
-            opts.files,
-            opts.max_memory,
-            opts.retry.clone(),
-        ));
+        let limits = Arc::new(
+            Limits::new(
+                opts.concurrency,
+                opts.files,
+                opts.max_memory,
+                opts.retry.clone(),
+            )
+            .with_bwlimit(opts.bwlimit),
+        );
         Self::with_limits(conns, queue, opts, limits)
     }
 
