@@ -124,6 +124,10 @@ pub struct SubmitArgs {
     /// Delete each source object (exactly its key and version) once its copy is verified.
     #[arg(long)]
     pub delete_source: bool,
+    /// Bytes per second the whole transfer reads, and writes, at most (like 100MiB), shared
+    /// evenly by the workers working on it.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
     /// Print {"transfer_id": ...} as JSON.
     #[arg(long)]
     pub json: bool,

@@ -210,6 +210,7 @@ async fn submit_from(
             delete_source: common.delete_source,
             part_size: Some(opts.plan.part_size),
             copy_part_size: Some(opts.plan.copy_part_size),
+            bwlimit: opts.bwlimit,
         },
     )
     .await?)

@@ -370,6 +370,7 @@ async fn submit(
             delete_source: a.delete_source,
             part_size: Some(part_size),
             copy_part_size: Some(copy_part_size),
+            bwlimit: args::bwlimit(a.bwlimit.as_deref())?,
         },
         a.json,
     )

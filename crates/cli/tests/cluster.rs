@@ -751,6 +751,73 @@ async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
     assert_no_uploads(gb.as_ref(), "dst", &p).await;
 }
 
+/// A transfer submitted with `--bwlimit` is held to it as a whole: two workers share the rate
+/// instead of each taking all of it. 24 MiB at 8 MiB/s take about three seconds; two workers
+/// each at the full rate took two (tried by hand). Only a lower bound is asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submitted_transfer_s_bwlimit_is_shared_by_its_workers() {
+    let config = config_file("cl-bw");
+    let gb = store("gb").await;
+    let ga = store("ga").await;
+    let p = prefix("cl-bw");
+    let q = queue("bw");
+    let body = data(24 * MIB, 9);
+    put(
+        ga.as_ref(),
+        "src",
+        &format!("{p}big"),
+        body.clone(),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let o = barge_cmd(&config, &pg_url())
+        .args([
+            "submit",
+            &format!("ga:src/{p}big"),
+            &format!("gb:dst/{p}big"),
+        ])
+        .args(["--queue", &q, "--part-size", "5MiB", "--bwlimit", "8MiB"])
+        .output()
+        .expect("submit");
+    let (id, err) = out_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let t0 = Instant::now();
+    let workers: Vec<Child> = (0..2)
+        .map(|i| {
+            barge_cmd(&config, &pg_url())
+                .args([
+                    "worker",
+                    "--queue",
+                    &q,
+                    "--exit-when-idle",
+                    "--concurrency",
+                    "2",
+                ])
+                .args(["--id", &format!("bw-{i}")])
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("worker")
+        })
+        .collect();
+    for w in workers {
+        let o = wait(w, 120, "worker");
+        let (_, err) = out_text(&o);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2400),
+        "24 MiB at a shared 8 MiB/s took {took:?}"
+    );
+    let s = status_json(&config, &id);
+    assert_eq!(s["transfer"]["state"], "done", "{s:#}");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}big")).await),
+        sha256(&body)
+    );
+    assert_no_uploads(gb.as_ref(), "dst", &p).await;
+}
+
 /// What a worker's share of the parts left is counted from (see `pace::fair_share`): the part
 /// tasks ready on its queue and the other workers holding parts there, exactly, and nothing of
 /// another queue. The transfer then finishes byte-identical.
@@ -910,6 +977,7 @@ async fn a_worker_refuses_journal_rows_naming_local_files_or_unknown_connections
         delete_source: true,
         part_size: None,
         copy_part_size: None,
+        bwlimit: None,
     };
     let tid = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
     let now = barge_engine::journal::now_secs();

@@ -16,40 +16,44 @@ struct Bucket {
     /// Negative: owed by the requests already let through.
     tokens: f64,
     last: Instant,
+    /// Bytes per second; a transfer's limit shared by its workers changes as they come and go.
+    rate: f64,
 }
 
 #[derive(Debug)]
 pub struct Bandwidth {
-    rate: f64,
-    burst: f64,
     bucket: Mutex<Bucket>,
 }
 
 impl Bandwidth {
     /// `rate` bytes per second (at least one).
     pub fn new(rate: u64) -> Self {
-        let rate = rate.max(1) as f64;
         Self {
-            rate,
-            burst: rate / 10.0,
             bucket: Mutex::new(Bucket {
                 tokens: 0.0,
                 last: Instant::now(),
+                rate: rate.max(1) as f64,
             }),
         }
+    }
+
+    /// From now on, `rate` bytes per second (at least one).
+    pub fn set_rate(&self, rate: u64) {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        b.rate = rate.max(1) as f64;
     }
 
     /// How long a request of `n` bytes at `now` waits before it goes.
     pub fn charge(&self, n: u64, now: Instant) -> Duration {
         let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let refill = now.saturating_duration_since(b.last).as_secs_f64() * self.rate;
-        b.tokens = (b.tokens + refill).min(self.burst);
+        let refill = now.saturating_duration_since(b.last).as_secs_f64() * b.rate;
+        b.tokens = (b.tokens + refill).min(b.rate / 10.0);
         b.last = now;
         b.tokens -= n as f64;
         if b.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-b.tokens / self.rate)
+            Duration::from_secs_f64(-b.tokens / b.rate)
         }
     }
 

@@ -79,6 +79,9 @@ pub struct TransferRequest {
     pub part_size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_part_size: Option<u64>,
+    /// A transfer-wide `--bwlimit` (bytes per second each way), shared by the workers on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwlimit: Option<u64>,
 }
 
 /// "The same command": a hash of the source/destination pairs.
@@ -246,6 +249,8 @@ impl Engine {
             delete_source: self.opts.delete_source,
             part_size: None,
             copy_part_size: None,
+            // This process alone moves it: its own limit (`Limits`) is the transfer's.
+            bwlimit: None,
         };
         let tid = match earlier {
             Some(t) => {

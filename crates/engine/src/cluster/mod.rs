@@ -23,6 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::bwlimit::Bandwidth;
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
 use crate::input::TransferSpec;
@@ -55,6 +56,8 @@ pub struct SubmitOptions {
     pub delete_source: bool,
     pub part_size: Option<u64>,
     pub copy_part_size: Option<u64>,
+    /// Bytes per second read, and written, for the whole transfer, shared by its workers.
+    pub bwlimit: Option<u64>,
 }
 
 /// Record a transfer for workers and return its id at once: planning (a stat per source, part
@@ -86,6 +89,7 @@ pub async fn submit(
         delete_source: opts.delete_source,
         part_size: opts.part_size,
         copy_part_size: opts.copy_part_size,
+        bwlimit: opts.bwlimit,
     };
     let spec = serde_json::to_string(&request)
         .map_err(|e| EngineError::Journal(format!("cannot record the transfer: {e}")))?;
@@ -188,6 +192,8 @@ struct TransferCtx {
     request: TransferRequest,
     steps: Steps,
     queue: String,
+    /// The transfer's own `--bwlimit`, this worker's share of it (see `pace_transfer`).
+    bandwidth: Option<(Bandwidth, Bandwidth)>,
 }
 
 /// When a file started here, and the bytes it moved through this process (for its outcome).
@@ -306,6 +312,8 @@ impl Worker {
                 request,
                 steps,
                 queue: self.opts.queue.clone(),
+                // One process's own run: its `Limits` hold its `--bwlimit`.
+                bandwidth: None,
             }),
         );
     }
@@ -550,6 +558,29 @@ impl Worker {
         result
     }
 
+    /// Wait until `bytes` more may be read and written under the transfer's own `--bwlimit`,
+    /// if it has one: each of the workers holding its tasks takes an even share of the rate,
+    /// counted again before each move (workers come and go).
+    async fn pace_transfer(&self, task: &Task, ctx: &TransferCtx, bytes: u64) {
+        let (Some((reads, writes)), Some(total)) = (&ctx.bandwidth, ctx.request.bwlimit) else {
+            return;
+        };
+        let workers = match self.queue.transfer_workers(&task.transfer).await {
+            Ok(n) => n.max(1),
+            Err(e) => {
+                tracing::debug!(
+                    "could not count the workers of transfer {}: {e}",
+                    task.transfer
+                );
+                1
+            }
+        };
+        let share = total / workers;
+        reads.set_rate(share);
+        writes.set_rate(share);
+        tokio::join!(reads.take(bytes), writes.take(bytes));
+    }
+
     /// How many more parts this worker may start reading ([`pace::fair_share`]); unlimited
     /// when the queue cannot say.
     async fn fair_share(&self, reading: usize) -> usize {
@@ -656,10 +687,14 @@ impl Worker {
             limits: self.limits.clone(),
             listing: HashMap::new(),
         };
+        let bandwidth = request
+            .bwlimit
+            .map(|rate| (Bandwidth::new(rate), Bandwidth::new(rate)));
         let ctx = Arc::new(TransferCtx {
             request,
             steps,
             queue,
+            bandwidth,
         });
         cache.insert(id.to_string(), ctx.clone());
         Ok(ctx)
@@ -838,6 +873,9 @@ impl Worker {
             Err(e) => return self.fail(task, &rec, None, &e.to_string()).await,
         };
         if !plan.strategy.is_multipart() {
+            if !plan.strategy.is_server_side() {
+                self.pace_transfer(task, &ctx, plan.size).await;
+            }
             let moved = self.unless_quit(ctx.steps.move_whole_verified(&plan, &src, &dst));
             return match moved.await {
                 Ok(v) => {
@@ -971,6 +1009,9 @@ impl Worker {
             )));
         };
         let (src, dst) = ctx.steps.stores(plan).await?;
+        if !plan.strategy.is_server_side() {
+            self.pace_transfer(task, &ctx, part.len).await;
+        }
         match move_part(&self.limits, &src, &dst, plan, &upload, part, || read.end()).await {
             Ok(receipt) => {
                 if !plan.strategy.is_server_side() {

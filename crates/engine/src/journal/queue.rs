@@ -125,6 +125,10 @@ pub trait WorkQueue: Send + Sync {
     async fn part_demand(&self, _queue: &str, _owner: &str) -> Result<Option<PartDemand>> {
         Ok(None)
     }
+    /// How many workers hold tasks of `transfer` now (one process's own queue: 1).
+    async fn transfer_workers(&self, _transfer: &str) -> Result<u64> {
+        Ok(1)
+    }
     /// The transfer's record and the queue it was submitted to.
     async fn transfer_request(&self, transfer: &str) -> Result<Option<(TransferRecord, String)>>;
 }
@@ -216,6 +220,9 @@ impl WorkQueue for SqlJournal {
     }
     async fn part_demand(&self, queue: &str, owner: &str) -> Result<Option<PartDemand>> {
         SqlJournal::part_demand(self, queue, owner).await.map(Some)
+    }
+    async fn transfer_workers(&self, transfer: &str) -> Result<u64> {
+        SqlJournal::transfer_workers(self, transfer).await
     }
     async fn transfer_request(&self, transfer: &str) -> Result<Option<(TransferRecord, String)>> {
         let Some(record) = Journal::transfer(self, transfer).await? else {
@@ -765,6 +772,20 @@ impl SqlJournal {
             super::TransferState::parse(&r.try_get::<String, _>("state").map_err(|e| self.err(e))?)
         })
         .transpose()
+    }
+
+    /// See [`WorkQueue::transfer_workers`].
+    pub async fn transfer_workers(&self, transfer: &str) -> Result<u64> {
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(DISTINCT owner) AS n FROM barge_work \
+             WHERE transfer_id = $1 AND state = 'leased'",
+        )
+        .bind(transfer)
+        .fetch_one(&self.pool)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .map_err(|e| self.err(e))?;
+        Ok(n.max(0) as u64)
     }
 
     /// See [`WorkQueue::part_demand`].
