@@ -156,7 +156,7 @@ async fn serve_metrics(addr: &str, worker: Arc<Worker>) -> anyhow::Result<()> {
                         _ => return,
                     }
                 }
-                let body = worker.metrics.render(worker.retries());
+                let body = worker.metrics.render(worker.retries(), worker.throttled());
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()

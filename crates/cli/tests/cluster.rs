@@ -541,6 +541,7 @@ async fn a_worker_serves_prometheus_metrics() {
         &format!("barge_bytes_moved_total {}", 11 * MIB),
         "barge_claim_seconds_count",
         "barge_tasks_in_flight 0",
+        "barge_throttled_total 0",
     ] {
         assert!(got.contains(line), "missing {line:?} in:\n{got}");
     }

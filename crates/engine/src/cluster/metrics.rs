@@ -16,11 +16,14 @@ pub struct Metrics {
     pub files_completed: Counter,
     pub files_failed: Counter,
     pub retries: Counter,
+    pub throttled: Counter,
     pub leases_reclaimed: Counter,
     pub parts_in_flight: Gauge,
     pub claim_seconds: Histogram,
-    /// The engine counts retries itself; each scrape adds what is new since the last.
+    /// The engine counts retries and throttling itself; each scrape adds what is new since the
+    /// last.
     retries_seen: AtomicU64,
+    throttled_seen: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -34,10 +37,12 @@ impl Default for Metrics {
             files_completed: Counter::default(),
             files_failed: Counter::default(),
             retries: Counter::default(),
+            throttled: Counter::default(),
             leases_reclaimed: Counter::default(),
             parts_in_flight: Gauge::default(),
             claim_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             retries_seen: AtomicU64::new(0),
+            throttled_seen: AtomicU64::new(0),
         };
         registry.register(
             "bytes_moved",
@@ -66,6 +71,11 @@ impl Default for Metrics {
             m.retries.clone(),
         );
         registry.register(
+            "throttled",
+            "Answers that asked for fewer requests (503 SlowDown, 429); each lowers the requests in flight to its store for a while",
+            m.throttled.clone(),
+        );
+        registry.register(
             "leases_reclaimed",
             "Expired leases of other workers put back to work",
             m.leases_reclaimed.clone(),
@@ -85,10 +95,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text format, with the engine's retry count brought up to date.
-    pub fn render(&self, engine_retries: u64) -> String {
+    /// The Prometheus text format, with the engine's retry and throttling counts brought up to
+    /// date.
+    pub fn render(&self, engine_retries: u64, engine_throttled: u64) -> String {
         let seen = self.retries_seen.swap(engine_retries, Ordering::Relaxed);
         self.retries.inc_by(engine_retries.saturating_sub(seen));
+        let seen = self
+            .throttled_seen
+            .swap(engine_throttled, Ordering::Relaxed);
+        self.throttled.inc_by(engine_throttled.saturating_sub(seen));
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
