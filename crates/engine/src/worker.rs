@@ -207,8 +207,8 @@ async fn move_part_within(
                 .acquire_many(Limits::kib(STREAM_BUFFER.min(part.len)))
                 .await
                 .map_err(|_| closed())?;
-            limits.read_paced(part.len).await;
-            limits.write_paced(part.len).await;
+            // Read and written at once: both limits are paid together, not one after the other.
+            tokio::join!(limits.read_paced(part.len), limits.write_paced(part.len));
             let what = format!(
                 "copy of part {} of {} to {}",
                 part.number, plan.src, plan.dst
