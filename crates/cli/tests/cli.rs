@@ -543,6 +543,28 @@ async fn airflow_connections_from_the_environment_move_a_manifest() {
             );
         }
     }
+    // `aws_default` is the default AWS chain unless an Airflow connection defines it: defined
+    // (and no AWS_* keys in the environment), it reaches server A.
+    let default_manifest = e.dir.join("d.json");
+    std::fs::write(
+        &default_manifest,
+        serde_json::json!([{
+            "src_conn_id": "aws_default", "src_bucket": "src", "src_key": format!("{p}small"),
+            "dest_conn_id": "lake_dst", "dest_bucket": "dst", "dest_key": format!("{p}via-default"),
+        }])
+        .to_string(),
+    )
+    .expect("manifest");
+    let o = run(
+        &[("AIRFLOW_CONN_AWS_DEFAULT", src_uri.as_str()), both[1]],
+        &["run", &default_manifest.to_string_lossy()],
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(
+        sha256(&read(gb.as_ref(), "dst", &format!("{p}via-default")).await),
+        sha256(&data(1000, 1000))
+    );
     // Without the destination's variable, the id is refused by name before anything moves.
     let o = run(&both[..1], &["run", &manifest.to_string_lossy()]);
     let (_, err) = text(&o);
