@@ -28,10 +28,15 @@ pub struct Bandwidth {
 impl Bandwidth {
     /// `rate` bytes per second (at least one).
     pub fn new(rate: u64) -> Self {
+        Self::starting(rate, Instant::now())
+    }
+
+    /// An empty bucket at `now`.
+    fn starting(rate: u64, now: Instant) -> Self {
         Self {
             bucket: Mutex::new(Bucket {
                 tokens: 0.0,
-                last: Instant::now(),
+                last: now,
                 rate: rate.max(1) as f64,
             }),
         }
@@ -72,8 +77,8 @@ mod tests {
 
     #[test]
     fn requests_wait_their_turn_and_the_rate_is_the_limit() {
-        let bw = Bandwidth::new(10 << 20);
         let t0 = Instant::now();
+        let bw = Bandwidth::starting(10 << 20, t0);
         // Ten parts of 8 MiB asked for at once: the last waits for 80 MiB at 10 MiB/s.
         let waits: Vec<Duration> = (0..10).map(|_| bw.charge(8 << 20, t0)).collect();
         assert!((waits[0].as_secs_f64() - 0.8).abs() < 1e-6, "{waits:?}");
@@ -85,8 +90,8 @@ mod tests {
 
     #[test]
     fn an_idle_bucket_holds_a_tenth_of_a_second() {
-        let bw = Bandwidth::new(1000);
         let t0 = Instant::now();
+        let bw = Bandwidth::starting(1000, t0);
         assert_eq!(bw.charge(0, t0 + Duration::from_secs(60)), Duration::ZERO);
         assert_eq!(bw.charge(100, t0 + Duration::from_secs(60)), Duration::ZERO);
         let w = bw.charge(100, t0 + Duration::from_secs(60));
