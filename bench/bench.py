@@ -18,7 +18,9 @@ joins scenario 1), BENCH_AIRFLOW_ROUNDS (1: it is slow), BENCH_DEST (warm or emp
 destination server holds when a run starts; see DEST below), BENCH_TOOLS (e.g. "barge": only the
 tools whose names start so), BENCH_BARGE_BASELINE (another barge binary, e.g. one built from the
 commit before a change: every barge run gets a twin "... [baseline]" in the same rounds, and the
-ratios say how the two compare round by round).
+ratios say how the two compare round by round). A run narrowed by BENCH_TOOLS, BENCH_BARGE_BASELINE
+or BENCH_SCENARIOS writes bench/results/partial.{md,json,png} (not committed), so it cannot
+replace the last full run's latest.* by mistake.
 
 Scenario 6 is the shortest copy there is: one 64 KiB object between the endpoints, the whole
 command timed (start-up, journal, stat, copy, verify): what a user waits for before the first
@@ -545,10 +547,13 @@ def report(scns, results, ceil, down_ceil=None):
     lines += ratios(rows)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.md").write_text("\n".join(lines) + "\n")
-    (out / "latest.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, out / "throughput.png")
+    partial = bool(TOOLS or BASELINE) or sorted(SCENARIOS) != ["1", "2", "3", "4", "5"]
+    name, png = ("partial", "partial.png") if partial else ("latest", "throughput.png")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, out / png)
     print("\n".join(lines))
+    print(f"\nwritten to bench/results/{name}.md")
 
 
 def ratios(rows):

