@@ -71,6 +71,46 @@ impl Bandwidth {
     }
 }
 
+/// A limit each way: bytes read from sources and bytes written to destinations, each held to
+/// the rate on its own (one process's `--bwlimit`, or a worker's share of a transfer's).
+#[derive(Debug)]
+pub struct Duplex {
+    reads: Bandwidth,
+    writes: Bandwidth,
+}
+
+impl Duplex {
+    pub fn new(rate: u64) -> Self {
+        Self {
+            reads: Bandwidth::new(rate),
+            writes: Bandwidth::new(rate),
+        }
+    }
+
+    /// From now on, `rate` bytes per second each way.
+    pub fn set_rate(&self, rate: u64) {
+        self.reads.set_rate(rate);
+        self.writes.set_rate(rate);
+    }
+
+    /// Wait until `n` more bytes may be read.
+    pub async fn read(&self, n: u64) {
+        self.reads.take(n).await;
+    }
+
+    /// Wait until `n` more bytes may be written.
+    pub async fn write(&self, n: u64) {
+        self.writes.take(n).await;
+    }
+
+    /// Wait until `n` more bytes may be read and written at once (a streamed part, or bytes
+    /// paid for ahead of their move): the two limits are paid together, not one after the
+    /// other.
+    pub async fn both(&self, n: u64) {
+        tokio::join!(self.reads.take(n), self.writes.take(n));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,10 @@ use barge_store::{PartReceipt, PartSpec, PutReceipt, Store, StoreError, UploadRe
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::bwlimit::Bandwidth;
+use crate::bwlimit::Duplex;
 use crate::finalize::full_crc;
 use crate::plan::{FilePlan, Strategy};
 use crate::retry::{RetryPolicy, RetryStats, retry};
-use crate::throttle::Pass;
 
 /// Memory a streamed part holds at once (its write batch plus chunks in flight).
 const STREAM_BUFFER: u64 = 2 * 1024 * 1024;
@@ -26,8 +25,7 @@ pub struct Limits {
     /// At most the requests of both kinds in flight: where each store's gate starts.
     gate_max: usize,
     /// `--bwlimit`: bytes read from sources, and bytes written to destinations, per second.
-    reads: Option<Bandwidth>,
-    writes: Option<Bandwidth>,
+    bwlimit: Option<Duplex>,
     /// Whole objects (one request each way) in flight. A small object's move is mostly waiting
     /// on two round trips, not on bandwidth: many more of them run at once than parts.
     pub objects: Semaphore,
@@ -53,8 +51,7 @@ impl Limits {
         Self {
             requests: Semaphore::new(concurrency.clamp(1, Semaphore::MAX_PERMITS)),
             gate_max: concurrency.saturating_add(objects),
-            reads: None,
-            writes: None,
+            bwlimit: None,
             objects: Semaphore::new(objects.clamp(1, Semaphore::MAX_PERMITS)),
             memory_kib: Semaphore::new(kib),
             retry,
@@ -66,22 +63,21 @@ impl Limits {
 
     /// Hold reads and writes each to `rate` bytes per second (`--bwlimit`).
     pub fn with_bwlimit(mut self, rate: Option<u64>) -> Self {
-        self.reads = rate.map(Bandwidth::new);
-        self.writes = rate.map(Bandwidth::new);
+        self.bwlimit = rate.map(Duplex::new);
         self
     }
 
     /// Wait until `n` more bytes may be read.
     async fn read_paced(&self, n: u64) {
-        if let Some(bw) = &self.reads {
-            bw.take(n).await;
+        if let Some(bw) = &self.bwlimit {
+            bw.read(n).await;
         }
     }
 
     /// Wait until `n` more bytes may be written.
     async fn write_paced(&self, n: u64) {
-        if let Some(bw) = &self.writes {
-            bw.take(n).await;
+        if let Some(bw) = &self.bwlimit {
+            bw.write(n).await;
         }
     }
 
@@ -104,9 +100,15 @@ impl Limits {
         }
     }
 
-    /// Room for one request under the gates of `src` and `dst` (see `throttle`): what a
-    /// throttling store lowers. A local store never throttles, and its gate stays open.
-    async fn enter(&self, src: &dyn Store, dst: &dyn Store) -> (Pass, Option<Pass>) {
+    /// Make `request` under the gates of `src` and `dst` (see `throttle`): it waits for room
+    /// under what a throttling store lowered, and an answer without throttling opens the gates
+    /// a little. A local store never throttles, and its gate stays open.
+    async fn gated<T>(
+        &self,
+        src: &dyn Store,
+        dst: &dyn Store,
+        request: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let gate = |name: &str| self.stats.gates.gate(name, self.gate_max);
         // Always in name order: two files moving in opposite directions never each hold one
         // gate while waiting for the other's.
@@ -121,7 +123,14 @@ impl Limits {
         } else {
             Some(gate(second).enter().await)
         };
-        (a, b)
+        let r = request.await;
+        if r.is_ok() {
+            a.clean();
+            if let Some(b) = &b {
+                b.clean();
+            }
+        }
+        r
     }
 
     fn kib(len: u64) -> u32 {
@@ -167,20 +176,8 @@ pub async fn move_part(
     read: impl FnOnce(),
 ) -> Result<PartReceipt, StoreError> {
     let _req = limits.requests.acquire().await.map_err(|_| closed())?;
-    let gates = limits.enter(src.as_ref(), dst.as_ref()).await;
-    let r = move_part_within(limits, src, dst, plan, upload, part, read).await;
-    if r.is_ok() {
-        clean(&gates);
-    }
-    r
-}
-
-/// An answer came back without throttling: the gates may open a little.
-fn clean((d, s): &(Pass, Option<Pass>)) {
-    d.clean();
-    if let Some(s) = s {
-        s.clean();
-    }
+    let request = move_part_within(limits, src, dst, plan, upload, part, read);
+    limits.gated(src.as_ref(), dst.as_ref(), request).await
 }
 
 async fn move_part_within(
@@ -207,8 +204,10 @@ async fn move_part_within(
                 .acquire_many(Limits::kib(STREAM_BUFFER.min(part.len)))
                 .await
                 .map_err(|_| closed())?;
-            // Read and written at once: both limits are paid together, not one after the other.
-            tokio::join!(limits.read_paced(part.len), limits.write_paced(part.len));
+            // Read and written at once.
+            if let Some(bw) = &limits.bwlimit {
+                bw.both(part.len).await;
+            }
             let what = format!(
                 "copy of part {} of {} to {}",
                 part.number, plan.src, plan.dst
@@ -259,12 +258,8 @@ pub async fn move_whole(
     plan: &FilePlan,
 ) -> Result<MovedWhole, StoreError> {
     let _req = limits.objects.acquire().await.map_err(|_| closed())?;
-    let gates = limits.enter(src.as_ref(), dst.as_ref()).await;
-    let r = move_whole_within(limits, src, dst, plan).await;
-    if r.is_ok() {
-        clean(&gates);
-    }
-    r
+    let request = move_whole_within(limits, src, dst, plan);
+    limits.gated(src.as_ref(), dst.as_ref(), request).await
 }
 
 async fn move_whole_within(

@@ -23,7 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bwlimit::Bandwidth;
+use crate::bwlimit::Duplex;
 use crate::connections::Connections;
 use crate::error::{EngineError, Result};
 use crate::input::TransferSpec;
@@ -193,7 +193,7 @@ struct TransferCtx {
     steps: Steps,
     queue: String,
     /// The transfer's own `--bwlimit`, this worker's share of it (see `pace_transfer`).
-    bandwidth: Option<(Bandwidth, Bandwidth)>,
+    bandwidth: Option<Duplex>,
 }
 
 /// When a file started here, and the bytes it moved through this process (for its outcome).
@@ -562,7 +562,7 @@ impl Worker {
     /// if it has one: each of the workers holding its tasks takes an even share of the rate,
     /// counted again before each move (workers come and go).
     async fn pace_transfer(&self, task: &Task, ctx: &TransferCtx, bytes: u64) {
-        let (Some((reads, writes)), Some(total)) = (&ctx.bandwidth, ctx.request.bwlimit) else {
+        let (Some(bw), Some(total)) = (&ctx.bandwidth, ctx.request.bwlimit) else {
             return;
         };
         let workers = match self.queue.transfer_workers(&task.transfer).await {
@@ -575,10 +575,8 @@ impl Worker {
                 1
             }
         };
-        let share = total / workers;
-        reads.set_rate(share);
-        writes.set_rate(share);
-        tokio::join!(reads.take(bytes), writes.take(bytes));
+        bw.set_rate(total / workers);
+        bw.both(bytes).await;
     }
 
     /// How many more parts this worker may start reading ([`pace::fair_share`]); unlimited
@@ -687,9 +685,7 @@ impl Worker {
             limits: self.limits.clone(),
             listing: HashMap::new(),
         };
-        let bandwidth = request
-            .bwlimit
-            .map(|rate| (Bandwidth::new(rate), Bandwidth::new(rate)));
+        let bandwidth = request.bwlimit.map(Duplex::new);
         let ctx = Arc::new(TransferCtx {
             request,
             steps,
