@@ -80,13 +80,15 @@ async fn source(ga: &dyn Store, key: &str, body: bytes::Bytes) -> TransferSpec {
 }
 
 /// Put `len` bytes of test data at ga:src/{p}big and submit its copy to gb:dst/{p}big on queue
-/// `q`, in 5 MiB parts. Returns the transfer id and the bytes.
+/// `q`, in 5 MiB parts, with `args` added to `barge submit`. Returns the transfer id and the
+/// bytes.
 async fn submit_big(
     config: &std::path::Path,
     p: &str,
     q: &str,
     len: usize,
     seed: u64,
+    args: &[&str],
 ) -> (String, bytes::Bytes) {
     let body = data(len, seed);
     let ga = store("ga").await;
@@ -105,6 +107,7 @@ async fn submit_big(
             &format!("gb:dst/{p}big"),
         ])
         .args(["--queue", q, "--part-size", "5MiB"])
+        .args(args)
         .output()
         .expect("submit");
     let (id, err) = out_text(&o);
@@ -251,7 +254,7 @@ async fn kill_9_of_one_worker_of_three_and_the_others_finish_byte_identical() {
     let gb = store("gb").await;
     let p = prefix("cl-kill");
     let q = queue("kill");
-    let (id, body) = submit_big(&config, &p, &q, 160 * MIB + 77, 2).await;
+    let (id, body) = submit_big(&config, &p, &q, 160 * MIB + 77, 2, &[]).await;
     // The victim starts alone, and dies as soon as it holds parts.
     let mut victim = worker_holding_parts(
         &config,
@@ -623,7 +626,7 @@ async fn a_worker_stopped_with_sigterm_gives_its_parts_back_at_once() {
     let gb = store("gb").await;
     let p = prefix("cl-leave");
     let q = queue("leave");
-    let (id, body) = submit_big(&config, &p, &q, 120 * MIB, 9).await;
+    let (id, body) = submit_big(&config, &p, &q, 120 * MIB, 9, &[]).await;
     // A long lease: if the leaving worker did not give its parts back, the next one would wait
     // ten minutes for them.
     let mut leaving = worker_holding_parts(&config, &q, &["--lease", "600s", "--concurrency", "4"]);
@@ -759,29 +762,9 @@ async fn parts_and_file_level_tasks_are_claimed_each_against_its_own_limit() {
 async fn a_submitted_transfer_s_bwlimit_is_shared_by_its_workers() {
     let config = config_file("cl-bw");
     let gb = store("gb").await;
-    let ga = store("ga").await;
     let p = prefix("cl-bw");
     let q = queue("bw");
-    let body = data(24 * MIB, 9);
-    put(
-        ga.as_ref(),
-        "src",
-        &format!("{p}big"),
-        body.clone(),
-        &ObjectAttrs::default(),
-    )
-    .await;
-    let o = barge_cmd(&config, &pg_url())
-        .args([
-            "submit",
-            &format!("ga:src/{p}big"),
-            &format!("gb:dst/{p}big"),
-        ])
-        .args(["--queue", &q, "--part-size", "5MiB", "--bwlimit", "8MiB"])
-        .output()
-        .expect("submit");
-    let (id, err) = out_text(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    let (id, body) = submit_big(&config, &p, &q, 24 * MIB, 9, &["--bwlimit", "8MiB"]).await;
     let t0 = Instant::now();
     let workers: Vec<Child> = (0..2)
         .map(|i| {
