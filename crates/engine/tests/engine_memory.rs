@@ -242,12 +242,22 @@ async fn zero_byte_objects_are_copied() {
 }
 
 fn small_files(a: &MemoryStore, n: usize) -> Vec<TransferSpec> {
+    files(a, n, "s", 100)
+}
+
+/// `n` files of about 10 KB, moved in parts by `opts()`.
+fn large_files(a: &MemoryStore, n: usize) -> Vec<TransferSpec> {
+    files(a, n, "large", 10_000)
+}
+
+/// `n` source objects `{prefix}{i}` of `size + i` bytes, and their transfers.
+fn files(a: &MemoryStore, n: usize, prefix: &str, size: usize) -> Vec<TransferSpec> {
     (0..n)
         .map(|i| {
-            let key = format!("s{i}");
+            let key = format!("{prefix}{i}");
             a.insert(
                 &ObjectPath::new("src", &key),
-                body(100 + i),
+                body(size + i),
                 ObjectAttrs::default(),
             );
             spec(&key)
@@ -279,16 +289,7 @@ async fn every_finished_file_is_recorded_by_the_time_the_run_returns() {
 #[tokio::test]
 async fn a_journal_that_refuses_plans_stops_the_run_and_leaves_nothing_open() {
     let (a, b, conns) = setup();
-    let mut specs = Vec::new();
-    for i in 0..3 {
-        let key = format!("large{i}");
-        a.insert(
-            &ObjectPath::new("src", &key),
-            body(10_000 + i),
-            ObjectAttrs::default(),
-        );
-        specs.push(spec(&key));
-    }
+    let mut specs = large_files(&a, 3);
     specs.extend(small_files(&a, 700));
     let journal = Arc::new(MemoryJournal::default());
     journal.refuse_plans_beyond(300);
@@ -473,15 +474,7 @@ async fn small_files_are_moved_files_at_a_time_and_parts_concurrency_at_a_time()
             (ConnRef::Named("b".into()), b.clone() as Arc<dyn Store>),
         ]));
         let mut specs = small_files(&a, 40);
-        for i in 0..3 {
-            let key = format!("large{i}");
-            a.insert(
-                &ObjectPath::new("src", &key),
-                body(10_000 + i),
-                ObjectAttrs::default(),
-            );
-            specs.push(spec(&key));
-        }
+        specs.extend(large_files(&a, 3));
         let mut o = opts();
         o.concurrency = 4;
         o.files = files;
