@@ -49,6 +49,9 @@ pub struct Cli {
 pub enum Command {
     /// Copy one object, or with -r every object under a prefix or folder.
     Cp(CpArgs),
+    /// Make DST hold what SRC holds: copy what is missing or different (by checksum), skip
+    /// what is the same, and with --delete remove what SRC does not have.
+    Sync(SyncArgs),
     /// Run every transfer of a manifest (JSON, YAML or CSV list of
     /// {src_conn_id, src_bucket, src_key, dest_conn_id, dest_bucket, dest_key}).
     Run(RunArgs),
@@ -230,6 +233,37 @@ pub struct CpArgs {
     /// With -r: skip paths (relative to SRC) matching this glob. Repeatable.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Source prefix or folder: s3://BUCKET/PREFIX, NAME:BUCKET/PREFIX or a local folder.
+    pub src: String,
+    /// Destination prefix or folder.
+    pub dst: String,
+    /// Sync only paths (relative to SRC and DST) matching this glob. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out paths (relative to SRC and DST) matching this glob: neither copied nor
+    /// deleted. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Delete destination objects that have no source, after every copy succeeded (none when
+    /// any copy failed).
+    #[arg(long)]
+    pub delete: bool,
+    /// With --delete: delete at most N objects; the rest are listed and kept.
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
+    /// Judge files of the same size unchanged (no checksums).
+    #[arg(long, conflicts_with = "size_and_time")]
+    pub size_only: bool,
+    /// Judge files unchanged when the sizes match and the destination is no older than the
+    /// source (no checksums).
+    #[arg(long)]
+    pub size_and_time: bool,
     #[command(flatten)]
     pub common: Common,
 }

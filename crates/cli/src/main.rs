@@ -18,6 +18,7 @@ macro_rules! out {
 mod args;
 mod cluster;
 mod progress;
+mod sync;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -118,6 +119,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Cp(a) => cp(conns, journal, a).await,
         Command::Run(a) => run_manifest(conns, journal, a).await,
+        Command::Sync(a) => sync::sync_cmd(conns, journal, a).await,
         Command::Cleanup(a) => cleanup_cmd(conns, a).await,
         Command::Status(a) => status(journal, a).await,
         Command::List(a) => list(journal, a).await,
@@ -402,15 +404,46 @@ async fn execute(
     } else {
         journal.open().await?
     };
+    let (summary, cancelled) =
+        run_local(conns, journal, specs, listing, common, &opts, |e: Engine| e).await?;
+    if common.json {
+        out!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if common.dry_run {
+        print_plan(&summary.files);
+    } else if !common.quiet {
+        print_summary(&summary);
+    }
+    Ok(if cancelled {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else if summary.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// Run files in this process: progress on the terminal, Ctrl-C stops the run (a durable
+/// journal keeps its uploads for a resume). Returns the summary and whether it was stopped.
+async fn run_local(
+    conns: Arc<Connections>,
+    journal: Arc<dyn Journal>,
+    specs: Vec<TransferSpec>,
+    listing: Listing,
+    common: &Common,
+    opts: &barge_engine::run::RunOptions,
+    adjust: impl FnOnce(Engine) -> Engine,
+) -> anyhow::Result<(Summary, bool)> {
     let durable = journal.durable();
     let progress = Arc::new(Progress::new(common.quiet || common.dry_run));
     let skipped = listing.skipped;
-    let engine = Engine::new(conns, opts)
-        .with_observer(progress.clone())
-        .with_journal(journal)
-        .with_listing(listing.files);
+    let engine = adjust(
+        Engine::new(conns, opts.clone())
+            .with_observer(progress.clone())
+            .with_journal(journal)
+            .with_listing(listing.files),
+    );
     let cancel = engine.cancel_token();
-    tokio::spawn(async move {
+    let on_signal = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             if durable {
                 eprintln!(
@@ -428,28 +461,19 @@ async fn execute(
         }
     });
     let token = engine.cancel_token();
-    let summary = engine.run(specs).await?.with_skipped(skipped);
+    let summary = engine.run(specs).await;
     progress.finish();
+    if !token.is_cancelled() {
+        on_signal.abort();
+    }
+    let summary = summary?.with_skipped(skipped);
     if token.is_cancelled()
         && durable
         && let Some(id) = &summary.transfer_id
     {
         eprintln!("barge: transfer {id} stopped; `barge resume {id}` continues it");
     }
-    if common.json {
-        out!("{}", serde_json::to_string_pretty(&summary)?);
-    } else if common.dry_run {
-        print_plan(&summary.files);
-    } else if !common.quiet {
-        print_summary(&summary);
-    }
-    Ok(if token.is_cancelled() {
-        ExitCode::from(EXIT_INTERRUPTED)
-    } else if summary.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
+    Ok((summary, token.is_cancelled()))
 }
 
 fn print_summary(s: &Summary) {

@@ -432,21 +432,45 @@ async fn read_crc(
     store: &dyn Store,
     meta: &barge_store::ObjectMeta,
 ) -> std::result::Result<u32, barge_store::StoreError> {
+    Ok(read_crcs(store, meta, None).await?.0)
+}
+
+/// Read an object (in bounded chunks) and checksum it: the whole object's CRC32C and, given a
+/// part size, the composite CRC32C (`b64-N`) a store would report for it uploaded in parts of
+/// that size.
+pub(crate) async fn read_crcs(
+    store: &dyn Store,
+    meta: &barge_store::ObjectMeta,
+    part_size: Option<u64>,
+) -> std::result::Result<(u32, Option<String>), barge_store::StoreError> {
     let pin = barge_store::Pin::of(meta);
+    let part_size = part_size.filter(|p| *p > 0);
+    let mut chunks = Vec::new();
     let mut parts = Vec::new();
-    let mut off = 0;
+    let (mut off, mut part_start) = (0u64, 0u64);
+    let mut part: Vec<(u32, u64)> = Vec::new();
     let mut buf = bytes::BytesMut::new();
     while off < meta.size {
-        let len = VERIFY_CHUNK.min(meta.size - off);
+        let part_end = part_size.map_or(meta.size, |p| part_start.saturating_add(p).min(meta.size));
+        let len = VERIFY_CHUNK.min(part_end - off);
         // The store checksums the bytes as they arrive; one buffer serves every chunk.
         let (data, crc) = store
             .get_range_into(&meta.path, &pin, off, len, buf)
             .await?;
-        parts.push((crc, len));
+        chunks.push((crc, len));
+        part.push((crc, len));
         buf = data.try_into_mut().unwrap_or_default();
         off += len;
+        if off == part_end {
+            parts.push(barge_store::checksum::combine_crc32c(&part));
+            part.clear();
+            part_start = off;
+        }
     }
-    Ok(barge_store::checksum::combine_crc32c(&parts))
+    let composite = part_size
+        .filter(|_| !parts.is_empty())
+        .map(|_| composite_crc32c(&parts));
+    Ok((barge_store::checksum::combine_crc32c(&chunks), composite))
 }
 
 /// Compare two objects: sizes, then full-object CRC32Cs the stores report, else read both sides

@@ -328,8 +328,18 @@ pub fn check(
 /// folder into itself, or over the folder that holds it, is refused whatever the listing holds
 /// (as `mv` refuses it), since a later run would find its own copies among the sources.
 pub fn check_tree(resolver: &Resolver, src: &Location, dst: &Location) -> Result<()> {
+    if trees_overlap(resolver, src, dst) {
+        return Err(EngineError::Input(format!(
+            "{dst} and {src} are one folder or one holds the other: with --delete-source that moves a folder into itself; nothing was moved. Move it to a folder outside it, or copy without --delete-source"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether two folders (or prefixes of one bucket on one store) are one, or one holds the other.
+pub fn trees_overlap(resolver: &Resolver, src: &Location, dst: &Location) -> bool {
     let dir = crate::input::as_dir;
-    let nested = match (resolver.is_local(src), resolver.is_local(dst)) {
+    match (resolver.is_local(src), resolver.is_local(dst)) {
         (true, true) => {
             let (a, b) = (
                 resolve_path(Path::new(&src.path.key)),
@@ -344,13 +354,7 @@ pub fn check_tree(resolver: &Resolver, src: &Location, dst: &Location) -> Result
                 && (a.starts_with(&b) || b.starts_with(&a))
         }
         _ => false,
-    };
-    if nested {
-        return Err(EngineError::Input(format!(
-            "{dst} and {src} are one folder or one holds the other: with --delete-source that moves a folder into itself; nothing was moved. Move it to a folder outside it, or copy without --delete-source"
-        )));
     }
-    Ok(())
 }
 
 /// A local destination path as built from a key: every segment after the root must be a name.

@@ -21,6 +21,7 @@ pub mod retry;
 pub mod run;
 pub mod size;
 pub mod steps;
+pub mod sync;
 pub mod throttle;
 pub mod worker;
 

@@ -67,6 +67,8 @@ pub struct Engine {
     limits: Arc<Limits>,
     /// What a listing said of sources (size, ETag): small objects are planned without a stat.
     listing: HashMap<crate::location::Location, barge_store::ObjectMeta>,
+    /// What finds this transfer again, when not its pairs (a sync: its two trees).
+    fingerprint: Option<String>,
 }
 
 /// What the journal keeps of a transfer's request: enough for `barge resume ID`.
@@ -146,6 +148,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             limits,
             listing: HashMap::new(),
+            fingerprint: None,
         }
     }
 
@@ -158,6 +161,13 @@ impl Engine {
     /// and read with one GET that also brings their metadata.
     pub fn with_listing(mut self, metas: Vec<(TransferSpec, barge_store::ObjectMeta)>) -> Self {
         self.listing = metas.into_iter().map(|(s, m)| (s.src, m)).collect();
+        self
+    }
+
+    /// Record the transfer under this fingerprint instead of its pairs' (`barge sync`, whose
+    /// files differ from run to run, is found again by its two trees).
+    pub fn with_fingerprint(mut self, fp: String) -> Self {
+        self.fingerprint = Some(fp);
         self
     }
 
@@ -237,7 +247,10 @@ impl Engine {
         }
 
         // The transfer is recorded before anything moves: an unwritable journal stops here.
-        let fp = fingerprint(&specs);
+        let fp = self
+            .fingerprint
+            .clone()
+            .unwrap_or_else(|| fingerprint(&specs));
         let earlier = if self.opts.resume {
             self.journal.find_resumable(&fp).await?
         } else {

@@ -111,6 +111,9 @@ impl Steps {
         if spec.src.is_local() && attrs.content_type.is_none() {
             attrs.content_type = guess_content_type(&spec.src.path.key);
         }
+        if strategy.is_multipart() {
+            record_checksum_basis(&mut attrs, &meta, part_size);
+        }
         Ok(FilePlan {
             id,
             src: spec.src.clone(),
@@ -424,4 +427,25 @@ fn guess_content_type(path: &str) -> Option<String> {
         _ => return None,
     };
     Some(t.to_string())
+}
+
+/// User metadata barge writes on an object it uploads in parts, so that `barge sync` can later
+/// tell whether it still holds the source's bytes without reading it: the part size (a store
+/// reports a multipart object's CRC32C as a composite of its parts', which another copy of the
+/// same bytes matches only when read in parts of that size) and the CRC32C the source reported
+/// when it was copied. Values copied from the source's own metadata are replaced.
+pub const META_PART_SIZE: &str = "barge-part-size";
+pub const META_SOURCE_CRC32C: &str = "barge-source-crc32c";
+
+fn record_checksum_basis(
+    attrs: &mut barge_store::ObjectAttrs,
+    src: &barge_store::ObjectMeta,
+    part_size: u64,
+) {
+    let meta = &mut attrs.user_metadata;
+    meta.retain(|k, _| k != META_PART_SIZE && k != META_SOURCE_CRC32C);
+    meta.insert(META_PART_SIZE.into(), part_size.to_string());
+    if let Some(crc) = &src.crc32c {
+        meta.insert(META_SOURCE_CRC32C.into(), crc.clone());
+    }
 }
