@@ -86,6 +86,7 @@ pub async fn sync_cmd(
         },
         delete: a.delete,
         requests: common.files,
+        listed_etags: !src.is_local() && !dst.is_local(),
         retry: opts.retry.clone(),
     };
     let fp = barge_engine::sync::fingerprint(&src, &dst);

@@ -280,6 +280,20 @@ async fn sync_copies_what_changed_skips_what_is_the_same_and_deletes_what_is_gon
         reason(&v, "sub/big.bin").contains("recorded when it copied it"),
         "{v}"
     );
+    // A same-size rewrite on the source store (by another tool: no checksum kept) is found.
+    put(
+        ga.as_ref(),
+        "dst",
+        &format!("{p}a.bin"),
+        data(1000, 12),
+        &ObjectAttrs::default(),
+    )
+    .await;
+    let (code, v) = sync_json(&e, &[&s3, &other, "--exclude", "*.tmp"]);
+    assert_eq!((code, v["copied"].as_u64()), (Some(0), Some(1)), "{v}");
+    assert_eq!(actions(&v, &other)["a.bin"], "copy", "{v}");
+    want.insert("a.bin".into(), sha256(&data(1000, 12)));
+    assert_eq!(tree(gb.as_ref(), "dst", &p).await, want);
     let down = e.dir.join("down");
     let down_arg = down.to_string_lossy().into_owned();
     let (code, v) = sync_json(&e, &[&other, &down_arg]);

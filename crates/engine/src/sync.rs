@@ -73,6 +73,9 @@ pub struct SyncOptions {
     pub delete: bool,
     /// Comparisons in flight (each one or two stats, sometimes reads).
     pub requests: usize,
+    /// Both sides are object stores, whose listings' ETags are MD5 digests of the content
+    /// where they have that form (a local file's ETag is made up of its inode and times).
+    pub listed_etags: bool,
     pub retry: RetryPolicy,
 }
 
@@ -201,6 +204,20 @@ fn composite(crc: &Option<String>) -> Option<&str> {
     crc.as_deref().filter(|c| c.contains('-'))
 }
 
+/// An ETag of the form S3 gives an unencrypted object: 32 hex digits (an MD5), or that and
+/// `-N` for a multipart object.
+fn md5_etag(etag: &Option<String>) -> Option<&str> {
+    let e = etag.as_deref()?.trim().trim_matches('"');
+    let digest = e.split_once('-').map_or(e, |(d, n)| {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            d
+        } else {
+            ""
+        }
+    });
+    (digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(e)
+}
+
 /// The part size barge recorded on an object it uploaded in parts.
 fn recorded_part_size(m: &ObjectMeta) -> Option<u64> {
     m.attrs
@@ -246,6 +263,15 @@ async fn judge(
             });
         }
         Compare::Checksum => {}
+    }
+    // Equal MD5 ETags in the listings are equal content (a multipart ETag, MD5 of the parts'
+    // MD5s with `-N`, only where the parts were the same too): no stat needed. Unequal ones
+    // say nothing (other part sizes, encryption), so the checksums below decide.
+    if opts.listed_etags
+        && let (Some(a), Some(b)) = (md5_etag(&listed_src.etag), md5_etag(&listed_dst.etag))
+        && a == b
+    {
+        return Ok(Verdict::by(true, "MD5 ETag"));
     }
     // Listings carry no checksums or metadata: a stat of each side does.
     let (s, d) = futures::try_join!(
@@ -386,4 +412,27 @@ pub async fn delete_extra(
         });
     }
     (deleted, not)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_md5_shaped_etags_are_compared() {
+        let e = |s: &str| Some(s.to_string());
+        let md5 = "\"9e107d9d372bb6826bd81d3542a419d6\"";
+        assert_eq!(md5_etag(&e(md5)), Some("9e107d9d372bb6826bd81d3542a419d6"));
+        assert!(md5_etag(&e("\"9e107d9d372bb6826bd81d3542a419d6-12\"")).is_some());
+        for not in [
+            "\"9e107d9d372bb6826bd81d3542a419d6-\"",
+            "\"9e107d9d372bb6826bd81d3542a419d6-x\"",
+            "\"0000000a\"",
+            "\"9e107d9d372bb6826bd81d3542a419zz\"",
+            "",
+        ] {
+            assert_eq!(md5_etag(&e(not)), None, "{not}");
+        }
+        assert_eq!(md5_etag(&None), None);
+    }
 }
