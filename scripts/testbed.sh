@@ -11,6 +11,9 @@
 # `start` also starts a throwaway PostgreSQL server (initdb into .testbed/pg on a free loopback
 # port, as the postgres user; Debian's packages are installed if missing) for the journal tests.
 #
+# `start` also starts moto's S3 server (from PyPI, into a virtualenv in the cache folder) for
+# what Garage does not implement: storage classes, SSE-KMS, tags, ACLs.
+#
 # The cache folder is $BARGE_CACHE (default ~/.cache/barge). Keys are random per start and live
 # only in .testbed/env, which is git-ignored.
 set -euo pipefail
@@ -184,6 +187,37 @@ restart_pg() {
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
 }
 
+MOTO_VERSION="5.2.1"
+
+start_moto() {
+  local venv="$CACHE/moto-$MOTO_VERSION" dir="$BED/m" port
+  if [[ ! -x "$venv/bin/moto_server" ]]; then
+    log "installing moto $MOTO_VERSION into $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "moto[server]==$MOTO_VERSION" >&2
+  fi
+  mkdir -p "$dir"
+  port="$(free_port)"
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/server.log" 2>&1 &
+  echo $! >"$dir/pid"
+  local ep="http://127.0.0.1:$port" i
+  for i in $(seq 1 100); do
+    curl -fsS "$ep/moto-api/" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  AWS_ACCESS_KEY_ID=moto AWS_SECRET_ACCESS_KEY=moto "$venv/bin/python" - "$ep" <<'PY'
+import sys, boto3
+c = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1")
+c.create_bucket(Bucket="moto")
+PY
+  {
+    echo "export BARGE_TEST_M_ENDPOINT=$ep"
+    echo "export BARGE_TEST_M_KEY_ID=moto"
+    echo "export BARGE_TEST_M_SECRET=moto"
+  } >>"$BED/env"
+  log "moto: S3 on 127.0.0.1:$port, bucket moto"
+}
+
 stop_pg() {
   [[ -f "$BED/pg-dir" ]] || return 0
   local dir
@@ -219,6 +253,10 @@ start() {
   # BARGE_TESTBED_PG=0 skips PostgreSQL (the demo does not need it).
   if [[ "${BARGE_TESTBED_PG:-1}" != 0 ]]; then
     start_pg
+  fi
+  # BARGE_TESTBED_MOTO=0 skips moto (the demo and the benchmarks do not need it).
+  if [[ "${BARGE_TESTBED_MOTO:-1}" != 0 ]]; then
+    start_moto
   fi
   echo "export BARGE_TESTBED=$BED" >>"$BED/env"
   trap - EXIT

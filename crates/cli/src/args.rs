@@ -319,6 +319,28 @@ pub struct Common {
     /// Delete each source object (exactly its key and version) once its copy is verified.
     #[arg(long)]
     pub delete_source: bool,
+    /// Storage class of every object written (STANDARD_IA, GLACIER_IR, ...), over the
+    /// connection's `storage_class`.
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Server-side encryption of every object written: AES256 (SSE-S3) or aws:kms (SSE-KMS).
+    #[arg(long, value_name = "AES256|aws:kms")]
+    pub sse: Option<String>,
+    /// With --sse aws:kms: the KMS key id or ARN (else the bucket's default key).
+    #[arg(long, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// With --sse aws:kms: an encryption context, a JSON object of strings.
+    #[arg(long, value_name = "JSON")]
+    pub sse_kms_context: Option<String>,
+    /// A canned ACL for every object written (bucket-owner-full-control, private, ...).
+    #[arg(long, value_name = "ACL")]
+    pub acl: Option<String>,
+    /// Set this tag on every object written (replacing the source's tags). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag: Vec<String>,
+    /// The buckets are requester-pays (either side): every request says the requester pays.
+    #[arg(long)]
+    pub requester_pays: bool,
     /// Print the plan (strategy, part size, part count per file); move nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -400,6 +422,27 @@ pub fn counts(concurrency: usize, files: usize, retries: u32) -> Result<()> {
 }
 
 impl Common {
+    /// `--storage-class`, `--sse`, `--acl`, `--tag`, `--requester-pays`, checked.
+    pub fn write_options(&self) -> Result<barge_store::s3::WriteOptions> {
+        let mut tags = Vec::new();
+        for t in &self.tag {
+            let (k, v) = t
+                .split_once('=')
+                .ok_or_else(|| EngineError::Input(format!("--tag '{t}' is not KEY=VALUE")))?;
+            tags.push((k.to_string(), v.to_string()));
+        }
+        barge_engine::connections::WriteSettings {
+            storage_class: self.storage_class.as_deref(),
+            sse: self.sse.as_deref(),
+            sse_kms_key_id: self.sse_kms_key_id.as_deref(),
+            sse_kms_context: self.sse_kms_context.as_deref(),
+            acl: self.acl.as_deref(),
+            tags,
+            requester_pays: self.requester_pays,
+        }
+        .check("the command line")
+    }
+
     pub fn run_options(&self) -> Result<RunOptions> {
         counts(self.concurrency, self.files, self.retries)?;
         let (part_size, copy_part_size) = part_sizes(&self.part_size, &self.copy_part_size)?;

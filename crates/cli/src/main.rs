@@ -114,7 +114,14 @@ fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let (file, _) = ConfigFile::load(cli.config.as_deref())?;
-    let conns = Arc::new(Connections::new(file));
+    let write = match &cli.command {
+        Command::Cp(a) => a.common.write_options()?,
+        Command::Run(a) => a.common.write_options()?,
+        Command::Sync(a) => a.common.write_options()?,
+        Command::Resume(a) => a.common.write_options()?,
+        _ => Default::default(),
+    };
+    let conns = Arc::new(Connections::new(file).with_write_options(write));
     let journal = JournalArg(cli.journal);
     match cli.command {
         Command::Cp(a) => cp(conns, journal, a).await,

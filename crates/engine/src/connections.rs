@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use barge_store::local::LocalStore;
-use barge_store::s3::{CredentialSource, S3Config, S3Store, Secret};
+use barge_store::s3::{CredentialSource, S3Config, S3Store, Secret, Sse, WriteOptions};
 use barge_store::{ChecksumMode, Store};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -50,6 +50,142 @@ pub struct ConnectionConfig {
     /// In a config file, a relative path is relative to the file's folder, and `~/` is the
     /// user's home.
     pub ca_bundle: Option<PathBuf>,
+    /// The storage class of every object written (`STANDARD_IA`, `GLACIER_IR`, ...).
+    pub storage_class: Option<String>,
+    /// Server-side encryption of every object written: `AES256` (SSE-S3) or `aws:kms`.
+    pub sse: Option<String>,
+    /// With `sse = "aws:kms"`: the KMS key (else the bucket's default key).
+    pub sse_kms_key_id: Option<String>,
+    /// With `sse = "aws:kms"`: an encryption context, a JSON object of strings.
+    pub sse_kms_context: Option<String>,
+    /// A canned ACL for every object written (`bucket-owner-full-control`, ...).
+    pub acl: Option<String>,
+    /// Tags set on every object written.
+    pub tags: Option<BTreeMap<String, String>>,
+    /// The buckets are requester-pays: every request says the requester pays.
+    pub requester_pays: Option<bool>,
+}
+
+/// The write options as typed (a connection's settings, or the flags), checked.
+#[derive(Clone, Debug, Default)]
+pub struct WriteSettings<'a> {
+    pub storage_class: Option<&'a str>,
+    pub sse: Option<&'a str>,
+    pub sse_kms_key_id: Option<&'a str>,
+    pub sse_kms_context: Option<&'a str>,
+    pub acl: Option<&'a str>,
+    pub tags: Vec<(String, String)>,
+    pub requester_pays: bool,
+}
+
+/// Canned ACLs S3 defines.
+const ACLS: &[&str] = &[
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+];
+
+impl WriteSettings<'_> {
+    /// Checked into the store's options; `what` names where they came from, for messages.
+    pub fn check(&self, what: &str) -> Result<WriteOptions> {
+        let bad = |m: String| EngineError::Input(format!("{what}: {m}"));
+        if let Some(c) = self.storage_class
+            && (c.is_empty() || !c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        {
+            return Err(bad(format!(
+                "storage class '{c}' is not a storage class name (like STANDARD_IA or GLACIER_IR)"
+            )));
+        }
+        let sse = match self.sse {
+            None => None,
+            Some("AES256") => Some(Sse::S3),
+            Some("aws:kms") => Some(Sse::Kms {
+                key_id: self.sse_kms_key_id.map(str::to_string),
+                context: self.sse_kms_context.map(str::to_string),
+            }),
+            Some(o) => {
+                return Err(bad(format!(
+                    "sse '{o}' is not one of AES256 (SSE-S3), aws:kms (SSE-KMS)"
+                )));
+            }
+        };
+        if !matches!(sse, Some(Sse::Kms { .. }))
+            && (self.sse_kms_key_id.is_some() || self.sse_kms_context.is_some())
+        {
+            return Err(bad(
+                "a KMS key id or encryption context goes with sse aws:kms".into(),
+            ));
+        }
+        if let Some(c) = self.sse_kms_context {
+            let ok = serde_json::from_str::<serde_json::Value>(c).is_ok_and(|v| {
+                v.as_object()
+                    .is_some_and(|o| o.values().all(serde_json::Value::is_string))
+            });
+            if !ok {
+                return Err(bad(
+                    "the KMS encryption context must be a JSON object of strings, like {\"project\":\"x\"}".into(),
+                ));
+            }
+        }
+        if let Some(a) = self.acl
+            && !ACLS.contains(&a)
+        {
+            return Err(bad(format!(
+                "acl '{a}' is not a canned ACL: use one of {}",
+                ACLS.join(", ")
+            )));
+        }
+        if self.tags.len() > 10 {
+            return Err(bad(format!(
+                "{} tags: an object takes at most 10",
+                self.tags.len()
+            )));
+        }
+        // S3's rule for tags: letters, digits, spaces and + - = . _ : / @.
+        let legal = |t: &str| {
+            t.chars()
+                .all(|c| c.is_alphanumeric() || c == ' ' || "+-=._:/@".contains(c))
+        };
+        for (k, v) in &self.tags {
+            if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256 {
+                return Err(bad(format!(
+                    "tag '{k}': keys are 1 to 128 characters, values up to 256"
+                )));
+            }
+            if !legal(k) || !legal(v) {
+                return Err(bad(format!(
+                    "tag '{k}={v}': tags take letters, digits, spaces and + - = . _ : / @ only"
+                )));
+            }
+        }
+        Ok(WriteOptions {
+            storage_class: self.storage_class.map(str::to_string),
+            sse,
+            acl: self.acl.map(str::to_string),
+            tags: self.tags.clone(),
+            requester_pays: self.requester_pays,
+        })
+    }
+}
+
+/// `over` (the flags) on top of `base` (a connection's settings): each option the flags set
+/// replaces the connection's.
+pub fn merge_write(base: WriteOptions, over: &WriteOptions) -> WriteOptions {
+    WriteOptions {
+        storage_class: over.storage_class.clone().or(base.storage_class),
+        sse: over.sse.clone().or(base.sse),
+        acl: over.acl.clone().or(base.acl),
+        tags: if over.tags.is_empty() {
+            base.tags
+        } else {
+            over.tags.clone()
+        },
+        requester_pays: over.requester_pays || base.requester_pays,
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -96,6 +232,12 @@ impl ConfigFile {
                     msg: format!("connection '{name}': checksum '{m}' is not one of crc32c, off"),
                 });
             }
+            c.write_settings()
+                .check(&format!("connection '{name}'"))
+                .map_err(|e| EngineError::Config {
+                    path: origin.to_string(),
+                    msg: e.to_string(),
+                })?;
             if c.access_key_id_env.is_some() != c.secret_access_key_env.is_some() {
                 return Err(EngineError::Config {
                     path: origin.to_string(),
@@ -167,6 +309,25 @@ fn env_var(conn: &str, var: &str) -> Result<String> {
     })
 }
 
+impl ConnectionConfig {
+    pub fn write_settings(&self) -> WriteSettings<'_> {
+        WriteSettings {
+            storage_class: self.storage_class.as_deref(),
+            sse: self.sse.as_deref(),
+            sse_kms_key_id: self.sse_kms_key_id.as_deref(),
+            sse_kms_context: self.sse_kms_context.as_deref(),
+            acl: self.acl.as_deref(),
+            tags: self
+                .tags
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            requester_pays: self.requester_pays.unwrap_or(false),
+        }
+    }
+}
+
 /// Turn one connection's settings into a store configuration.
 pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
     let mut cfg = S3Config::new(name);
@@ -211,6 +372,7 @@ pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
         (_, _, Some(p)) => CredentialSource::Profile(p.clone()),
         _ => CredentialSource::DefaultChain,
     };
+    cfg.write = c.write_settings().check(&format!("connection '{name}'"))?;
     Ok(cfg)
 }
 
@@ -243,6 +405,8 @@ pub struct Connections {
     /// identities more than once (`cp` itself, then the engine), and a slow DNS would be paid
     /// each time.
     addresses: Mutex<HashMap<(String, u16), Vec<String>>>,
+    /// Write options from the command line, over every S3 connection's own.
+    write: WriteOptions,
 }
 
 impl Connections {
@@ -251,7 +415,20 @@ impl Connections {
             file,
             open: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
+            write: WriteOptions::default(),
         }
+    }
+
+    /// Write options (`--storage-class`, `--sse`, ...) for every S3 connection opened, over
+    /// what each connection's settings say.
+    pub fn with_write_options(mut self, w: WriteOptions) -> Self {
+        self.write = w;
+        self
+    }
+
+    fn s3(&self, mut cfg: S3Config) -> S3Config {
+        cfg.write = merge_write(cfg.write, &self.write);
+        cfg
     }
 
     /// A registry with stores already open (tests, embedding).
@@ -267,6 +444,7 @@ impl Connections {
             file,
             open: Mutex::new(stores.into_iter().collect()),
             addresses: Mutex::new(HashMap::new()),
+            write: WriteOptions::default(),
         }
     }
 
@@ -341,16 +519,18 @@ impl Connections {
         }
         let store: Arc<dyn Store> = match conn {
             ConnRef::Local => Arc::new(LocalStore::new()),
-            ConnRef::Default => Arc::new(S3Store::connect(default_config(&self.file)?).await?),
+            ConnRef::Default => {
+                Arc::new(S3Store::connect(self.s3(default_config(&self.file)?)).await?)
+            }
             ConnRef::Named(name) => match self.file.connections.get(name) {
                 Some(c) if c.kind.as_deref() == Some("local") => Arc::new(LocalStore::new()),
-                Some(c) => Arc::new(S3Store::connect(s3_config(name, c)?).await?),
+                Some(c) => Arc::new(S3Store::connect(self.s3(s3_config(name, c)?)).await?),
                 None => {
                     let raw = airflow::lookup(name).ok_or_else(|| {
                         EngineError::Input(format!("no connection named '{name}' is configured"))
                     })?;
                     let conn = airflow::parse(name, &raw)?;
-                    Arc::new(S3Store::connect(airflow::s3_config_of(name, &conn)?).await?)
+                    Arc::new(S3Store::connect(self.s3(airflow::s3_config_of(name, &conn)?)).await?)
                 }
             },
         };

@@ -49,6 +49,74 @@ pub enum CredentialSource {
     },
 }
 
+/// Server-side encryption asked of every object a connection writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3: keys the store manages (`AES256`).
+    S3,
+    /// SSE-KMS: a KMS key (the bucket's default key where none is named) and an optional
+    /// encryption context (a JSON object).
+    Kms {
+        key_id: Option<String>,
+        context: Option<String>,
+    },
+}
+
+/// What a connection asks of every object it writes (and, for requester pays, of every
+/// request). The defaults ask nothing: the store's own defaults apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// `STANDARD_IA`, `GLACIER_IR`, ...: sent as given, the store says whether it has it.
+    pub storage_class: Option<String>,
+    pub sse: Option<Sse>,
+    /// A canned ACL (`private`, `bucket-owner-full-control`, ...).
+    pub acl: Option<String>,
+    /// Tags set on every object written (replacing the source's on a server-side copy).
+    pub tags: Vec<(String, String)>,
+    /// Send `x-amz-request-payer: requester` with every request (a requester-pays bucket).
+    pub requester_pays: bool,
+}
+
+impl WriteOptions {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The options as a user set them, for messages: `--storage-class X, --sse aws:kms`.
+    pub fn describe(&self) -> String {
+        let mut v = Vec::new();
+        if let Some(c) = &self.storage_class {
+            v.push(format!("storage class {c}"));
+        }
+        match &self.sse {
+            Some(Sse::S3) => v.push("SSE-S3 (AES256)".into()),
+            Some(Sse::Kms { key_id, context }) => v.push(format!(
+                "SSE-KMS{}{}",
+                key_id
+                    .as_deref()
+                    .map(|k| format!(" key {k}"))
+                    .unwrap_or_default(),
+                if context.is_some() {
+                    " with an encryption context"
+                } else {
+                    ""
+                }
+            )),
+            None => {}
+        }
+        if let Some(a) = &self.acl {
+            v.push(format!("ACL {a}"));
+        }
+        if !self.tags.is_empty() {
+            v.push("tags".into());
+        }
+        if self.requester_pays {
+            v.push("requester pays".into());
+        }
+        v.join(", ")
+    }
+}
+
 /// Everything needed to talk to one S3-compatible endpoint.
 #[derive(Clone, Debug)]
 pub struct S3Config {
@@ -66,6 +134,7 @@ pub struct S3Config {
     pub max_object_size: Option<u64>,
     /// A PEM file of certificate authorities trusted for HTTPS besides the system's.
     pub ca_bundle: Option<PathBuf>,
+    pub write: WriteOptions,
 }
 
 impl S3Config {
@@ -81,6 +150,7 @@ impl S3Config {
             read_timeout: Duration::from_secs(60),
             max_object_size: None,
             ca_bundle: None,
+            write: WriteOptions::default(),
         }
     }
 }
@@ -152,6 +222,11 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
         // SDK's default trailing checksums.
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    let builder = if cfg.write.requester_pays {
+        builder.interceptor(RequesterPays)
+    } else {
+        builder
+    };
     let endpoint = sdk.endpoint_url().map(str::to_string).unwrap_or_else(|| {
         format!(
             "aws:{}",
@@ -171,20 +246,49 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
         },
         None => None,
     };
-    // Only an endpoint the connection names itself (not one from the environment).
-    let lean = super::lean::Lean::new(
-        &cfg.name,
-        cfg.endpoint.as_deref(),
-        &region,
-        cfg.path_style,
-        sdk.credentials_provider(),
-        cfg.connect_timeout,
-        cfg.read_timeout,
-        &trust,
-    )?;
+    // Only an endpoint the connection names itself (not one from the environment), and only
+    // for plain reads and writes: the lean path sends none of the write options' headers.
+    let lean = if !cfg.write.is_default() {
+        None
+    } else {
+        super::lean::Lean::new(
+            &cfg.name,
+            cfg.endpoint.as_deref(),
+            &region,
+            cfg.path_style,
+            sdk.credentials_provider(),
+            cfg.connect_timeout,
+            cfg.read_timeout,
+            &trust,
+        )?
+    };
     Ok(Built {
         client: Client::from_conf(builder.build()),
         identity,
         lean,
     })
+}
+
+/// `x-amz-request-payer: requester` on every request of a requester-pays connection, added
+/// before signing (it is a signed header), so no call can forget it.
+#[derive(Debug)]
+struct RequesterPays;
+
+impl aws_sdk_s3::config::Intercept for RequesterPays {
+    fn name(&self) -> &'static str {
+        "RequesterPays"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_s3::error::BoxError> {
+        context
+            .request_mut()
+            .headers_mut()
+            .insert("x-amz-request-payer", "requester");
+        Ok(())
+    }
 }

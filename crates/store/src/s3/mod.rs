@@ -18,7 +18,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode as S3ChecksumMode, CompletedMultipartUpload, CompletedPart,
-    MetadataDirective,
+    MetadataDirective, ObjectCannedAcl, ServerSideEncryption, StorageClass, TaggingDirective,
 };
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -29,7 +29,7 @@ use crate::{
     PendingUpload, Pin, PutReceipt, Result, Store, StoreError, UploadRef,
 };
 
-pub use config::{CredentialSource, S3Config, Secret};
+pub use config::{CredentialSource, S3Config, Secret, Sse, WriteOptions};
 use errors::{body_error, map_sdk_error};
 
 /// A connection to one S3-compatible endpoint with one set of credentials.
@@ -43,6 +43,8 @@ pub struct S3Store {
     checksum: ChecksumMode,
     /// Whole small objects without the SDK's per-request machinery (plain HTTP endpoints).
     lean: Option<lean::Lean>,
+    /// What every write asks for: storage class, encryption, ACL, tags.
+    write: WriteOptions,
 }
 
 /// Characters that must be escaped in an `x-amz-copy-source` key, and in a key's URL path on
@@ -79,6 +81,46 @@ macro_rules! with_attrs {
             .set_expires(parse_expires(&$attrs.expires))
             .set_metadata(user_metadata($attrs))
     };
+}
+
+/// Tags as S3's `x-amz-tagging` header wants them: URL query form.
+fn encode_tags(tags: &[(String, String)]) -> Option<String> {
+    if tags.is_empty() {
+        return None;
+    }
+    let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    Some(
+        tags.iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
+/// A write request (PutObject, CreateMultipartUpload, CopyObject: they share these setters)
+/// with the connection's write options.
+macro_rules! with_write {
+    ($req:expr, $w:expr) => {{
+        let w: &WriteOptions = $w;
+        let (sse, key, ctx) = match &w.sse {
+            None => (None, None, None),
+            Some(Sse::S3) => (Some(ServerSideEncryption::Aes256), None, None),
+            Some(Sse::Kms { key_id, context }) => (
+                Some(ServerSideEncryption::AwsKms),
+                key_id.clone(),
+                context.as_deref().map(|c| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.encode(c)
+                }),
+            ),
+        };
+        $req.set_storage_class(w.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(key)
+            .set_ssekms_encryption_context(ctx)
+            .set_acl(w.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_tagging(encode_tags(&w.tags))
+    }};
 }
 
 /// An `ObjectMeta` from a HeadObject or GetObject answer (they share these accessors).
@@ -194,6 +236,7 @@ impl S3Store {
             endpoint,
             checksum: cfg.checksum,
             lean,
+            write: cfg.write,
         })
     }
 
@@ -247,6 +290,60 @@ impl S3Store {
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         map_sdk_error(&self.name, op, path, e)
+    }
+
+    /// A store that ignores server-side encryption headers (Garage does) still answers 200: a
+    /// write asked to be encrypted is taken as done only when the answer says it was.
+    fn check_sse(
+        &self,
+        op: &str,
+        path: &ObjectPath,
+        got: Option<&ServerSideEncryption>,
+    ) -> Result<()> {
+        let want = match &self.write.sse {
+            None => return Ok(()),
+            Some(Sse::S3) => "AES256",
+            Some(Sse::Kms { .. }) => "aws:kms",
+        };
+        // `aws:kms:dsse` is KMS too.
+        if got.is_some_and(|g| g.as_str().starts_with(want)) {
+            return Ok(());
+        }
+        Err(StoreError::Permanent {
+            store: self.name.clone(),
+            op: op.into(),
+            detail: format!(
+                "{path}: server-side encryption {want} was asked, and the store's answer does not say it encrypted the object so ({}): it may not support server-side encryption, and nothing is kept. Drop --sse (or the connection's sse) for this store",
+                got.map_or("no encryption named", |g| g.as_str())
+            ),
+        })
+    }
+
+    /// The error of a write, naming the write options where the store refused the request:
+    /// a store without storage classes, KMS or ACLs answers 400, 403 or 501.
+    fn write_err<E>(
+        &self,
+        op: &str,
+        path: &ObjectPath,
+        e: aws_sdk_s3::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    ) -> StoreError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut err = self.err(op, path, e);
+        if !self.write.is_default() {
+            let note = format!(
+                " (this connection writes with {}: the store may not support them; change the connection's settings or the flags that set them)",
+                self.write.describe()
+            );
+            match &mut err {
+                StoreError::Permanent { detail, .. } | StoreError::AccessDenied { detail, .. } => {
+                    detail.push_str(&note)
+                }
+                _ => {}
+            }
+        }
+        err
     }
 }
 
@@ -509,7 +606,7 @@ impl Store for S3Store {
             .content_length(len)
             .body(ByteStream::from(data))
             .set_checksum_crc32_c(crc);
-        let req = with_attrs!(req, attrs);
+        let req = with_write!(with_attrs!(req, attrs), &self.write);
         // With a CRC32C the store checks every byte itself: hashing the body again for the
         // signature only costs CPU.
         let out = if signed {
@@ -517,7 +614,12 @@ impl Store for S3Store {
         } else {
             req.customize().disable_payload_signing().send().await
         }
-        .map_err(|e| self.err("PutObject", path, e))?;
+        .map_err(|e| self.write_err("PutObject", path, e))?;
+        if let Err(e) = self.check_sse("PutObject", path, out.server_side_encryption()) {
+            // Not what was asked: the object barge wrote goes.
+            self.delete(path, out.version_id()).await.ok();
+            return Err(e);
+        }
         Ok(PutReceipt {
             etag: out.e_tag().map(str::to_string),
             version_id: out.version_id().map(str::to_string),
@@ -543,10 +645,18 @@ impl Store for S3Store {
             Some(attrs) => with_attrs!(req.metadata_directive(MetadataDirective::Replace), attrs),
             None => req.metadata_directive(MetadataDirective::Copy),
         };
+        // Tags the connection sets replace the source's; else the store copies them.
+        let req = with_write!(req, &self.write).set_tagging_directive(
+            (!self.write.tags.is_empty()).then_some(TaggingDirective::Replace),
+        );
         let out = req
             .send()
             .await
-            .map_err(|e| self.err("CopyObject", src, e))?;
+            .map_err(|e| self.write_err("CopyObject", src, e))?;
+        if let Err(e) = self.check_sse("CopyObject", dst, out.server_side_encryption()) {
+            self.delete(dst, out.version_id()).await.ok();
+            return Err(e);
+        }
         // An error can hide inside a 200 answer: a result without an ETag is not a copy.
         let etag = out.copy_object_result().and_then(|r| r.e_tag());
         if etag.is_none() {
@@ -579,15 +689,24 @@ impl Store for S3Store {
             .bucket(&path.bucket)
             .key(&path.key)
             .set_checksum_algorithm(algo);
-        let out = with_attrs!(req, attrs)
+        let out = with_write!(with_attrs!(req, attrs), &self.write)
             .send()
             .await
-            .map_err(|e| self.err("CreateMultipartUpload", path, e))?;
+            .map_err(|e| self.write_err("CreateMultipartUpload", path, e))?;
         let upload_id = out.upload_id().ok_or_else(|| StoreError::Permanent {
             store: self.name.clone(),
             op: "CreateMultipartUpload".into(),
             detail: format!("{path}: the answer carried no upload id"),
         })?;
+        if let Err(e) = self.check_sse("CreateMultipartUpload", path, out.server_side_encryption())
+        {
+            let up = UploadRef {
+                path: path.clone(),
+                upload_id: upload_id.to_string(),
+            };
+            self.abort_upload(&up).await.ok();
+            return Err(e);
+        }
         Ok(UploadRef {
             path: path.clone(),
             upload_id: upload_id.to_string(),

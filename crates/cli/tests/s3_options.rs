@@ -1,0 +1,411 @@
+//! S3 write options (storage class, SSE-S3/SSE-KMS, canned ACLs, tags, requester pays) as a user
+//! sets them, per connection and per command, checked on the objects written. Garage ignores
+//! these headers, so moto's S3 server (started by the test bed) stands in for AWS; Garage shows
+//! what happens on a store that ignores encryption.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_s3::types::{Permission, ServerSideEncryption, StorageClass};
+use barge_engine::connections::{ConfigFile, s3_config};
+use barge_store::s3::S3Store;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn moto_endpoint() -> String {
+    std::env::var("BARGE_TEST_M_ENDPOINT")
+        .expect("moto's S3 server is not running: run the tests with scripts/test.sh")
+}
+
+/// The test bed's servers, plus `mo` (moto), `modef` (moto with write defaults) and any extra
+/// connection text.
+fn config_with(extra: &str) -> String {
+    let mo = moto_endpoint();
+    format!(
+        "{}[connections.mo]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n\
+         [connections.modef]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\
+         storage_class = \"STANDARD_IA\"\ntags = {{ team = \"data\" }}\n\n{extra}",
+        config_text()
+    )
+}
+
+struct Env {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+fn env(tag: &str, extra: &str) -> Env {
+    let dir = temp_dir(tag);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_with(extra)).expect("config");
+    Env { dir, config }
+}
+
+fn barge(e: &Env, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_barge"))
+        .arg("--config")
+        .arg(&e.config)
+        .arg("--journal")
+        .arg("none")
+        .args(args)
+        .env_remove("BARGE_CONFIG")
+        .output()
+        .expect("run barge")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// moto as an S3 store, and its SDK client for what barge's store does not read back.
+async fn moto() -> S3Store {
+    let file = ConfigFile::parse(&config_with(""), "test").expect("config");
+    S3Store::connect(s3_config("mo", &file.connections["mo"]).expect("mo"))
+        .await
+        .expect("connect to moto")
+}
+
+fn write(root: &Path, rel: &str, body: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, body).expect("write");
+}
+
+async fn tags(s: &S3Store, key: &str) -> Vec<(String, String)> {
+    let out = s
+        .client()
+        .get_object_tagging()
+        .bucket("moto")
+        .key(key)
+        .send()
+        .await
+        .expect("tags");
+    let mut v: Vec<_> = out
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_string(), t.value().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_options_reach_every_object_written() {
+    let e = env("s3opts", "");
+    let mo = moto().await;
+    let p = prefix("s3opts");
+    let src = e.dir.join("src");
+    write(&src, "small.bin", &data(1000, 1));
+    write(&src, "sub/empty.bin", b"");
+    let src_arg = format!("{}/", src.to_string_lossy());
+    let dst = format!("modef:moto/{p}");
+    // The connection's storage class and tags; the command's encryption, ACL and tags (which
+    // replace the connection's).
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            "-r",
+            &src_arg,
+            &dst,
+            "--sse",
+            "aws:kms",
+            "--sse-kms-key-id",
+            "alias/barge-test",
+            "--sse-kms-context",
+            r#"{"project":"barge"}"#,
+            "--acl",
+            "public-read",
+            "--tag",
+            "tier=raw",
+            "--tag",
+            "owner=data eng",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for (rel, body) in [
+        ("small.bin", data(1000, 1)),
+        ("sub/empty.bin", bytes::Bytes::new()),
+    ] {
+        let key = format!("{p}{rel}");
+        let head = mo
+            .client()
+            .head_object()
+            .bucket("moto")
+            .key(&key)
+            .send()
+            .await
+            .expect("head");
+        assert_eq!(
+            head.storage_class(),
+            Some(&StorageClass::StandardIa),
+            "{rel}"
+        );
+        assert_eq!(
+            head.server_side_encryption(),
+            Some(&ServerSideEncryption::AwsKms),
+            "{rel}"
+        );
+        assert_eq!(head.ssekms_key_id(), Some("alias/barge-test"), "{rel}");
+        assert_eq!(
+            tags(&mo, &key).await,
+            pairs(&[("owner", "data eng"), ("tier", "raw")]),
+            "{rel}"
+        );
+        let acl = mo
+            .client()
+            .get_object_acl()
+            .bucket("moto")
+            .key(&key)
+            .send()
+            .await
+            .expect("acl");
+        assert!(
+            acl.grants()
+                .iter()
+                .any(|g| g.permission() == Some(&Permission::Read)
+                    && g.grantee()
+                        .and_then(|g| g.uri())
+                        .is_some_and(|u| u.ends_with("/AllUsers"))),
+            "{rel}: public-read grants everyone READ: {:?}",
+            acl.grants()
+        );
+        assert_eq!(
+            sha256(&read(&mo, "moto", &key).await),
+            sha256(&body),
+            "{rel}"
+        );
+    }
+
+    // A server-side copy within the store: the class the command asks for, the source's tags
+    // copied by the store.
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            &format!("mo:moto/{p}small.bin"),
+            &format!("mo:moto/{p}copy/small.bin"),
+            "--storage-class",
+            "GLACIER_IR",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let key = format!("{p}copy/small.bin");
+    let head = mo
+        .client()
+        .head_object()
+        .bucket("moto")
+        .key(&key)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.storage_class(), Some(&StorageClass::GlacierIr));
+    assert_eq!(
+        tags(&mo, &key).await,
+        pairs(&[("owner", "data eng"), ("tier", "raw")])
+    );
+    assert_eq!(
+        sha256(&read(&mo, "moto", &key).await),
+        sha256(&data(1000, 1))
+    );
+    std::fs::remove_dir_all(&e.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_ignores_encryption_keeps_nothing_barge_wrote() {
+    let e = env("s3sse", "");
+    let ga = connections()
+        .get(&barge_engine::location::ConnRef::Named("ga".into()))
+        .await
+        .expect("ga");
+    let p = prefix("s3sse");
+    let src = e.dir.join("src");
+    write(&src, "small.bin", &data(1000, 1));
+    write(&src, "big.bin", &data(12 * MIB, 2));
+    let src_arg = format!("{}/", src.to_string_lossy());
+    let dst = format!("ga:dst/{p}");
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            "-r",
+            &src_arg,
+            &dst,
+            "--sse",
+            "AES256",
+            "--part-size",
+            "5MiB",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    for f in ["small.bin", "big.bin"] {
+        assert!(
+            err.contains(&format!("{f}: server-side encryption AES256 was asked")),
+            "{f}: {err}"
+        );
+    }
+    assert!(err.contains("ga: "), "the store is named: {err}");
+    let left = ga.list("dst", &p).await.expect("list").objects;
+    assert!(left.is_empty(), "nothing kept: {left:?}");
+    assert_no_uploads(ga.as_ref(), "dst", &p).await;
+    std::fs::remove_dir_all(&e.dir).ok();
+}
+
+#[test]
+fn bad_write_options_are_refused_by_name() {
+    let e = env("s3bad", "");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--tag", "a=b&c"],
+            "tag 'a=b&c': tags take letters, digits, spaces and",
+        ),
+        (&["--tag", "novalue"], "--tag 'novalue' is not KEY=VALUE"),
+        (
+            &["--sse-kms-key-id", "k"],
+            "a KMS key id or encryption context goes with sse aws:kms",
+        ),
+        (&["--acl", "everyone"], "acl 'everyone' is not a canned ACL"),
+        (
+            &["--sse", "aws:kms", "--sse-kms-context", "[1]"],
+            "the KMS encryption context must be a JSON object of strings",
+        ),
+    ];
+    for (flags, msg) in cases {
+        let mut args = vec!["cp", "ga:src/x", "ga:dst/x"];
+        args.extend_from_slice(flags);
+        let o = barge(&e, &args);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{flags:?}: {}", stderr(&o));
+    }
+    // A config file's own settings are checked when it is read.
+    let e = env(
+        "s3badcfg",
+        "[connections.badsse]\nendpoint = \"http://127.0.0.1:1\"\nsse = \"kms\"\n",
+    );
+    let o = barge(&e, &["cp", "ga:src/x", "ga:dst/x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("connection 'badsse': sse 'kms' is not one of AES256"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&e.dir).ok();
+}
+
+/// A TCP relay that counts, in what clients send, the requests (every SigV4 request carries
+/// `x-amz-content-sha256`) and the requester-pays headers.
+struct Counting {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicU64>,
+    payer: Arc<AtomicU64>,
+}
+
+async fn counting_relay(upstream: std::net::SocketAddr) -> Counting {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let payer = Arc::new(AtomicU64::new(0));
+    let (r, py) = (requests.clone(), payer.clone());
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let (r, py) = (r.clone(), py.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut tail: Vec<u8> = Vec::new();
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    // Headers may straddle two reads: search the last bytes of the one before.
+                    let mut hay = std::mem::take(&mut tail);
+                    hay.extend_from_slice(&buf[..n]);
+                    let lower = hay.to_ascii_lowercase();
+                    let count = |pat: &[u8]| lower.windows(pat.len()).filter(|w| *w == pat).count();
+                    r.fetch_add(
+                        count(b"\r\nx-amz-content-sha256:") as u64,
+                        Ordering::Relaxed,
+                    );
+                    py.fetch_add(
+                        count(b"\r\nx-amz-request-payer: requester\r\n") as u64,
+                        Ordering::Relaxed,
+                    );
+                    let keep = hay.len().min(40);
+                    tail = hay[hay.len() - keep..].to_vec();
+                }
+                sw.shutdown().await.ok();
+            });
+            tokio::spawn(async move {
+                tokio::io::copy(&mut sr, &mut cw).await.ok();
+            });
+        }
+    });
+    Counting {
+        addr,
+        requests,
+        payer,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requester_pays_goes_with_every_request() {
+    let mo: std::net::SocketAddr = moto_endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto address");
+    let relay = counting_relay(mo).await;
+    let e = env(
+        "s3rp",
+        &format!(
+            "[connections.rp]\nendpoint = \"http://{}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n",
+            relay.addr
+        ),
+    );
+    let p = prefix("s3rp");
+    let src = e.dir.join("src");
+    write(&src, "a.bin", &data(1000, 1));
+    write(&src, "b.bin", &data(2000, 2));
+    let src_arg = format!("{}/", src.to_string_lossy());
+    // Without the flag no request says it: the count below is not vacuous.
+    let o = barge(&e, &["cp", "-r", &src_arg, &format!("rp:moto/{p}plain/")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(relay.requests.load(Ordering::Relaxed) >= 2);
+    assert_eq!(relay.payer.load(Ordering::Relaxed), 0);
+    // Up, a listing, and back down: every request carries it.
+    let before = relay.requests.load(Ordering::Relaxed);
+    let up = format!("rp:moto/{p}paid/");
+    let down = e.dir.join("down");
+    let down_arg = format!("{}/", down.to_string_lossy());
+    for args in [
+        vec!["cp", "-r", &src_arg, &up, "--requester-pays"],
+        vec!["cp", "-r", &up, &down_arg, "--requester-pays"],
+    ] {
+        let o = barge(&e, &args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+    let sent = relay.requests.load(Ordering::Relaxed) - before;
+    assert!(sent >= 5, "uploads, a listing, downloads: {sent}");
+    assert_eq!(relay.payer.load(Ordering::Relaxed), sent);
+    assert_eq!(
+        std::fs::read(down.join("b.bin")).expect("read"),
+        data(2000, 2)
+    );
+    std::fs::remove_dir_all(&e.dir).ok();
+}
