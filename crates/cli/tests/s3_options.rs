@@ -28,7 +28,8 @@ fn config_with(extra: &str) -> String {
     format!(
         "{}[connections.mo]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n\
          [connections.modef]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\
-         storage_class = \"STANDARD_IA\"\ntags = {{ team = \"data\" }}\n\n{extra}",
+         storage_class = \"STANDARD_IA\"\ntags = {{ team = \"data\" }}\n\n\
+         [connections.mo2]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M2_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n{extra}",
         config_text()
     )
 }
@@ -53,6 +54,8 @@ fn barge(e: &Env, args: &[&str]) -> Output {
         .arg("none")
         .args(args)
         .env_remove("BARGE_CONFIG")
+        // Another key on moto: another service to barge, so copies go through it.
+        .env("BARGE_TEST_M2_KEY_ID", "moto-other")
         .output()
         .expect("run barge")
 }
@@ -406,6 +409,64 @@ async fn requester_pays_goes_with_every_request() {
     assert_eq!(
         std::fs::read(down.join("b.bin")).expect("read"),
         data(2000, 2)
+    );
+    std::fs::remove_dir_all(&e.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_travel_with_copies_between_stores() {
+    let e = env("s3tags", "");
+    let mo = moto().await;
+    let p = prefix("s3tags");
+    for (name, size) in [("small.bin", 1000), ("big.bin", 6 * MIB)] {
+        mo.client()
+            .put_object()
+            .bucket("moto")
+            .key(format!("{p}in/{name}"))
+            .body(data(size, 3).to_vec().into())
+            .tagging("team=data&stage=raw")
+            .send()
+            .await
+            .expect("put with tags");
+    }
+    // A prefix (small objects planned from the listing, read with one GET) and one object
+    // (planned from a stat), through barge: not a server-side copy.
+    for args in [
+        vec![
+            "cp".to_string(),
+            "-r".into(),
+            format!("mo:moto/{p}in/"),
+            format!("mo2:moto/{p}out/"),
+        ],
+        vec![
+            "cp".to_string(),
+            format!("mo:moto/{p}in/small.bin"),
+            format!("mo2:moto/{p}one/small.bin"),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = barge(&e, &[&args[..], &["--json"]].concat());
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert!(
+            v["bytes_through_client"].as_u64() > Some(0),
+            "not server-side: {v}"
+        );
+    }
+    for key in [
+        format!("{p}out/small.bin"),
+        format!("{p}out/big.bin"),
+        format!("{p}one/small.bin"),
+    ] {
+        assert_eq!(
+            tags(&mo, &key).await,
+            pairs(&[("stage", "raw"), ("team", "data")]),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        sha256(&read(&mo, "moto", &format!("{p}out/big.bin")).await),
+        sha256(&data(6 * MIB, 3))
     );
     std::fs::remove_dir_all(&e.dir).ok();
 }

@@ -114,6 +114,15 @@ impl Steps {
         if strategy.is_multipart() {
             record_checksum_basis(&mut attrs, &meta, part_size);
         }
+        // A stat brings no tags: read them for a copy to carry (a whole server-side copy has
+        // the store copy them itself).
+        if strategy != Strategy::ServerCopy && !spec.src.is_local() && !spec.dst.is_local() {
+            let what = format!("tags of {}", spec.src);
+            attrs.tags = retry(&self.retry, &self.limits.stats, &what, || {
+                src.tags(&spec.src.path)
+            })
+            .await?;
+        }
         Ok(FilePlan {
             id,
             src: spec.src.clone(),

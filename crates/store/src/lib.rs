@@ -68,6 +68,9 @@ pub struct ObjectAttrs {
     /// The `Expires` header as the store returned it (an HTTP date).
     pub expires: Option<String>,
     pub user_metadata: BTreeMap<String, String>,
+    /// Object tags (S3's tagging), where the store keeps them and they were read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<(String, String)>,
 }
 
 /// What a stat of an object returns.
@@ -417,6 +420,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// where it has one; else only while the key still holds the pinned ETag (checked first,
     /// and sent as a condition of the delete where the store takes one). A key rewritten since
     /// fails with [`StoreError::SourceChanged`] and is left as it is.
+    /// The object's tags, for a copy to carry them: empty where the store keeps none.
+    async fn tags(&self, _path: &ObjectPath) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+
     async fn delete_pinned(&self, path: &ObjectPath, pin: &Pin) -> Result<()> {
         if let Some(v) = pin.version_id.as_deref().filter(|v| !v.is_empty()) {
             return self.delete(path, Some(v)).await;

@@ -117,6 +117,12 @@ pub(super) fn map_status(
             op: op.to_string(),
             detail: format!("{path}: {detail}"),
         },
+        // Never worth another try: the store does not have the operation (Garage answers so
+        // for GetObjectTagging).
+        (501, _) | (_, "NotImplemented") => StoreError::Unsupported {
+            store,
+            what: format!("{op} ({detail})"),
+        },
         (500..=599, _)
         | (_, "InternalError")
         | (_, "RequestTimeout")

@@ -343,8 +343,12 @@ impl Lean {
         }
     }
 
-    /// GetObject of a whole object: its metadata and bytes.
-    pub(super) async fn get(&self, path: &ObjectPath, pin: &Pin) -> Result<(ObjectMeta, Bytes)> {
+    /// GetObject of a whole object: its metadata, its bytes and how many tags it has.
+    pub(super) async fn get(
+        &self,
+        path: &ObjectPath,
+        pin: &Pin,
+    ) -> Result<(ObjectMeta, Bytes, u32)> {
         let mut headers = HeaderMap::new();
         if let Some(etag) = &pin.etag {
             let v = HeaderValue::from_str(etag).map_err(|_| StoreError::Permanent {
@@ -397,9 +401,13 @@ impl Lean {
                 content_language: header("content-language"),
                 expires: header("expires"),
                 user_metadata: user_metadata.into_iter().collect(),
+                tags: Vec::new(),
             },
         };
-        Ok((meta, data))
+        let tag_count = header("x-amz-tagging-count")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Ok((meta, data, tag_count))
     }
 
     /// PutObject of a whole object whose CRC32C the store checks (so the body is not hashed

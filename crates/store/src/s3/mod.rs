@@ -45,6 +45,8 @@ pub struct S3Store {
     lean: Option<lean::Lean>,
     /// What every write asks for: storage class, encryption, ACL, tags.
     write: WriteOptions,
+    /// The store answered that it has no tagging: tags are not asked for again.
+    no_tagging: std::sync::atomic::AtomicBool,
 }
 
 /// Characters that must be escaped in an `x-amz-copy-source` key, and in a key's URL path on
@@ -80,6 +82,7 @@ macro_rules! with_attrs {
             .set_content_language($attrs.content_language.clone())
             .set_expires(parse_expires(&$attrs.expires))
             .set_metadata(user_metadata($attrs))
+            .set_tagging(encode_tags(&$attrs.tags))
     };
 }
 
@@ -114,12 +117,17 @@ macro_rules! with_write {
                 }),
             ),
         };
-        $req.set_storage_class(w.storage_class.as_deref().map(StorageClass::from))
+        let req = $req
+            .set_storage_class(w.storage_class.as_deref().map(StorageClass::from))
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(key)
             .set_ssekms_encryption_context(ctx)
-            .set_acl(w.acl.as_deref().map(ObjectCannedAcl::from))
-            .set_tagging(encode_tags(&w.tags))
+            .set_acl(w.acl.as_deref().map(ObjectCannedAcl::from));
+        // Tags the connection sets replace the object's own.
+        match encode_tags(&w.tags) {
+            Some(t) => req.tagging(t),
+            None => req,
+        }
     }};
 }
 
@@ -147,6 +155,7 @@ macro_rules! object_meta {
                     .metadata()
                     .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                     .unwrap_or_default(),
+                tags: Vec::new(),
             },
         }
     };
@@ -237,6 +246,7 @@ impl S3Store {
             checksum: cfg.checksum,
             lean,
             write: cfg.write,
+            no_tagging: Default::default(),
         })
     }
 
@@ -490,9 +500,48 @@ impl Store for S3Store {
         Ok((buf.freeze(), crc))
     }
 
+    async fn tags(&self, path: &ObjectPath) -> Result<Vec<(String, String)>> {
+        if self.no_tagging.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        match self
+            .client
+            .get_object_tagging()
+            .bucket(&path.bucket)
+            .key(&path.key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_string(), t.value().to_string()))
+                .collect()),
+            Err(e) => match self.err("GetObjectTagging", path, e) {
+                // A store without tagging (Garage answers 501) has none to copy: not asked
+                // again.
+                StoreError::Unsupported { .. } => {
+                    self.no_tagging
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(Vec::new())
+                }
+                // A connection not allowed to read them copies the object without them, and
+                // says so.
+                e @ (StoreError::Permanent { .. } | StoreError::AccessDenied { .. }) => {
+                    tracing::warn!("{path}: its tags are not copied: {e}");
+                    Ok(Vec::new())
+                }
+                e => Err(e),
+            },
+        }
+    }
+
     async fn get(&self, path: &ObjectPath, pin: &Pin) -> Result<(ObjectMeta, Bytes)> {
         if let Some(lean) = &self.lean {
-            let (meta, data) = lean.get(path, pin).await?;
+            let (mut meta, data, tag_count) = lean.get(path, pin).await?;
+            if tag_count > 0 {
+                meta.attrs.tags = self.tags(path).await?;
+            }
             return self.whole(path, meta, data);
         }
         let out = self
@@ -506,7 +555,10 @@ impl Store for S3Store {
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
-        let meta = object_meta!(out, path);
+        let mut meta = object_meta!(out, path);
+        if out.tag_count().is_some_and(|n| n > 0) {
+            meta.attrs.tags = self.tags(path).await?;
+        }
         let data = out
             .body
             .collect()
@@ -593,7 +645,8 @@ impl Store for S3Store {
         crc32c: Option<u32>,
     ) -> Result<PutReceipt> {
         let crc = self.crc_header(crc32c);
-        if let (Some(lean), Some(crc)) = (&self.lean, &crc) {
+        // The lean path sends no tags.
+        if let (Some(lean), Some(crc), true) = (&self.lean, &crc, attrs.tags.is_empty()) {
             return lean.put(path, data, attrs, crc).await;
         }
         let len = data.len() as i64;
