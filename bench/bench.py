@@ -90,6 +90,12 @@ if DEST not in ("warm", "empty"):
 
 E = {k: os.environ[k] for k in os.environ if k.startswith("BARGE_TEST_")}
 WORK = Path(tempfile.mkdtemp(prefix="barge-bench-"))
+# Where scenario 4's downloads land (BENCH_DOWN_DIR, e.g. /dev/shm for tmpfs): the folder's
+# file system shows in the table's note.
+DOWN_DIR = Path(os.environ.get("BENCH_DOWN_DIR") or WORK)
+# Kernel CPU seconds of each run, by (scenario, tool), beside the user+kernel total.
+KERNEL = {}
+LAST_KERNEL = [float("nan")]
 NCPU = os.cpu_count() or 1
 
 
@@ -193,6 +199,7 @@ def run_timed(argv, shell=False):
     try:
         e, u, s, m = out.read_text().strip().splitlines()[-1].split()
         cpu, rss = float(u) + float(s), int(m) / 1024
+        LAST_KERNEL[0] = float(s)
     except Exception:  # noqa: BLE001 - a failed command may leave no timing
         cpu, rss = float("nan"), float("nan")
     err = "" if p.returncode == 0 else (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1][:160]
@@ -279,7 +286,7 @@ def tools_for_all(scn):
             "s5cmd": None,
         }
     local = str(WORK / "big.bin")
-    down = str(WORK / "down.bin")
+    down = str(DOWN_DIR / "down.bin")
     if scn in ("4u", "4c"):
         return {
             "barge": lambda d: (bc("cp", local, f"b:dst/{d}/big"), False),
@@ -479,13 +486,14 @@ def main():
                 print(f"bench: round {rnd + 1} scenario {scn} {name}: {'ok' if ok else 'FAILED'} "
                       f"{wall:.3f}s cpu {cpu:.1f}s servers {srv:.1f}s rss {rss:.0f}MiB {err}", file=sys.stderr)
                 results.setdefault((scn, name), []).append((ok, wall, cpu, rss, err, srv))
+                KERNEL.setdefault((scn, name), []).append(LAST_KERNEL[0] if ok else float("nan"))
                 # What a run wrote shares its blocks with a copy that stays (server a: scenario
                 # 2's source; server b: the reference copies, see DEST), so deleting it leaves
                 # Garage no block to free later, and the next run finds the same blocks there.
                 delete_prefix("a", "dst", "bench/run/")
                 if DEST == "warm":
                     delete_prefix("b", "dst", "bench/run/")
-                (WORK / "down.bin").unlink(missing_ok=True)
+                (DOWN_DIR / "down.bin").unlink(missing_ok=True)
                 # No tool starts with another's dirty pages still to write, or while the servers
                 # still clear away the last run's objects.
                 subprocess.run(["sync"], check=False)
@@ -495,6 +503,27 @@ def main():
     report(scns, results, ceil, down_ceil)
 
 
+def fs_type(path):
+    """The file system a folder is on (tmpfs, ext4, ...), as df reports it."""
+    p = subprocess.run(["df", "--output=fstype", str(path)], capture_output=True, text=True)
+    lines = p.stdout.split()
+    return lines[-1] if p.returncode == 0 and len(lines) > 1 else "?"
+
+
+def fs_write_rate():
+    """The download folder's own rate: a plain sequential write of scenario 4's size, flushed
+    to the device (dd, 16 MiB blocks, fdatasync), MiB/s; the median of three."""
+    target = DOWN_DIR / "dd.bin"
+    rates = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}", "bs=16M", f"count={max(1, BIG // (16 * MIB))}",
+                        "conv=fdatasync", "status=none"], check=False)
+        rates.append(BIG / (time.monotonic() - t0) / MIB)
+        target.unlink(missing_ok=True)
+    return statistics.median(rates)
+
+
 def report(scns, results, ceil, down_ceil=None):
     rows = []
     lines = [
@@ -502,8 +531,8 @@ def report(scns, results, ceil, down_ceil=None):
         f"scenario 3 {SMALL_COUNT} x 64 KiB; {ROUNDS} round(s), {SHORT_ROUNDS} for scenarios 3 and 4 download; concurrency {CONC} for every tool; "
         f"destination server {DEST} (BENCH_DEST).",
         "",
-        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | peak RSS MiB | servers' CPU s per GiB | machine busy | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | of it kernel | peak RSS MiB | servers' CPU s per GiB | machine busy | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scn in scns:
         size = scenario_bytes(scn)
@@ -511,30 +540,34 @@ def report(scns, results, ceil, down_ceil=None):
             if s != scn:
                 continue
             if not runs:
-                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | - | cannot: one endpoint only |")
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | - | - | cannot: one endpoint only |")
                 continue
             good = [r for r in runs if r[0]]
             if not good:
-                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | - | failed: {runs[-1][4]} |")
+                lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | - | - | - | - | - | - | - | failed: {runs[-1][4]} |")
                 continue
             walls = [r[1] for r in good]
             med = statistics.median(walls)
             cpu = statistics.median([r[2] for r in good]) / (size / GIB)
             rss = max(r[3] for r in good)
             srv = statistics.median([r[5] for r in good]) / (size / GIB)
+            kern = [k for k in KERNEL.get((scn, name), []) if k == k]
+            kern = statistics.median(kern) / (size / GIB) if kern else float("nan")
             thr = size / med / MIB
             # Client and servers' CPU over what the machine's cores could give in that time.
             busy = statistics.median([(r[2] + r[5]) / (r[1] * NCPU) for r in good])
             rows.append({"scenario": scn, "tool": name, "wall": med, "min": min(walls), "max": max(walls),
-                         "mib_s": thr, "cpu_per_gib": cpu, "rss_mib": rss, "server_cpu_per_gib": srv,
+                         "mib_s": thr, "cpu_per_gib": cpu, "kernel_cpu_per_gib": kern, "rss_mib": rss, "server_cpu_per_gib": srv,
                          "busy": busy, "runs": len(good),
                          # Each round's wall time (None: failed), for the ratios of one round's runs.
                          "by_round": [r[1] if r[0] else None for r in runs]})
             note = "" if len(good) == len(runs) else f"{len(runs) - len(good)} run(s) failed"
+            if scn == "4d":
+                note = (note + "; " if note else "") + f"to {fs_type(DOWN_DIR)}"
             # Scenario 6 takes a fraction of a second: milliseconds there.
             d = 3 if med < 1 else 1
             lines.append(f"| {SCENARIO_TITLE[scn]} | {name} | {med:.{d}f} ({min(walls):.{d}f}-{max(walls):.{d}f}) | "
-                         f"{thr:.0f} | {cpu:.2f} | {rss:.0f} | {srv:.2f} | {busy:.0%} | {note} |")
+                         f"{thr:.0f} | {cpu:.2f} | {kern:.2f} | {rss:.0f} | {srv:.2f} | {busy:.0%} | {note} |")
     lines.append("")
     if ceil:
         lines.append(f"Server ceiling (barge's upload path, in-memory parts, no reads, to server B): {ceil:.0f} MiB/s.")
@@ -543,6 +576,8 @@ def report(scns, results, ceil, down_ceil=None):
         reach = f"; barge's scenario 4 download reaches {barge[0]['mib_s'] / down_ceil:.0%} of it" if barge else ""
         lines.append(f"Download ceiling (barge's download path, ranged GETs from server A, bytes dropped, no disk; "
                      f"median of 3): {down_ceil:.0f} MiB/s{reach}.")
+        lines.append(f"The download folder ({fs_type(DOWN_DIR)}) takes a plain sequential write of the same size "
+                     f"(dd, 16 MiB blocks, fdatasync) at {fs_write_rate():.0f} MiB/s.")
     lines.append("")
     lines += ratios(rows)
     out = ROOT / "bench" / "results"
