@@ -470,3 +470,115 @@ async fn tags_travel_with_copies_between_stores() {
     );
     std::fs::remove_dir_all(&e.dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_c_objects_are_written_and_read_with_their_connection_s_key() {
+    let ep = |w: &str| std::env::var(format!("BARGE_TEST_{w}_ENDPOINT")).expect("test bed");
+    let conn = |name: &str, w: &str, var: &str| {
+        format!(
+            "[connections.{name}]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_{w}_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_{w}_SECRET\"\nsse_c_key_env = \"{var}\"\n\n",
+            ep(w)
+        )
+    };
+    let e = env(
+        "s3ssec",
+        &format!(
+            "{}{}{}",
+            conn("gae", "A", "KEY_ONE"),
+            conn("gbe", "B", "KEY_TWO"),
+            conn("bad", "A", "KEY_BAD")
+        ),
+    );
+    // Two 256-bit keys, 32 bytes as they are.
+    let (k1, k2) = (
+        uuid::Uuid::new_v4().simple().to_string(),
+        uuid::Uuid::new_v4().simple().to_string(),
+    );
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_barge"))
+            .arg("--config")
+            .arg(&e.config)
+            .arg("--journal")
+            .arg(e.dir.join("journal.sqlite"))
+            .args(args)
+            .env_remove("BARGE_CONFIG")
+            .env("BARGE_TEST_M2_KEY_ID", "moto-other")
+            .env("KEY_ONE", &k1)
+            .env("KEY_TWO", &k2)
+            .env("KEY_BAD", "not a key")
+            .output()
+            .expect("run barge");
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        assert!(
+            !all.contains(&k1) && !all.contains(&k2),
+            "a key was printed: {all}"
+        );
+        o
+    };
+    let p = prefix("s3ssec");
+    let src = e.dir.join("src");
+    write(&src, "small.bin", &data(1000, 1));
+    write(&src, "big.bin", &data(12 * MIB, 2));
+    let src_arg = format!("{}/", src.to_string_lossy());
+    let up = format!("gae:dst/{p}");
+    let o = run(&["cp", "-r", &src_arg, &up, "--part-size", "5MiB"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Without the key the store refuses the bytes, and the message says why.
+    let o = run(&[
+        "cp",
+        &format!("ga:dst/{p}small.bin"),
+        &e.dir.join("x").to_string_lossy(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("sse_c_key_env"), "{}", stderr(&o));
+
+    // Within the key's connection: server-side. To another store with another key: through
+    // barge, read with one key and written with the other. Back down: the same bytes.
+    let o = run(&["cp", "-r", &up, &format!("gae:other/{p}"), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["bytes_through_client"].as_u64(), Some(0), "{v}");
+    let o = run(&[
+        "cp",
+        "-r",
+        &format!("gae:other/{p}"),
+        &format!("gbe:dst/{p}"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let down = e.dir.join("down");
+    let o = run(&[
+        "cp",
+        "-r",
+        &format!("gbe:dst/{p}"),
+        &format!("{}/", down.to_string_lossy()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(down.join("small.bin")).expect("read"),
+        data(1000, 1)
+    );
+    assert_eq!(
+        std::fs::read(down.join("big.bin")).expect("read"),
+        data(12 * MIB, 2)
+    );
+    let o = run(&[
+        "verify",
+        &format!("gae:dst/{p}big.bin"),
+        &format!("gbe:dst/{p}big.bin"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // A variable that holds no key is refused by name, its value not shown.
+    let o = run(&["cp", &src_arg, &format!("bad:dst/{p}y/"), "-r"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("KEY_BAD does not hold an SSE-C key"), "{err}");
+    assert!(!err.contains("not a key"), "{err}");
+    let ga = connections()
+        .get(&barge_engine::location::ConnRef::Named("ga".into()))
+        .await
+        .expect("ga");
+    assert_no_uploads(ga.as_ref(), "dst", &p).await;
+    std::fs::remove_dir_all(&e.dir).ok();
+}

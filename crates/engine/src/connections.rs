@@ -64,6 +64,9 @@ pub struct ConnectionConfig {
     pub tags: Option<BTreeMap<String, String>>,
     /// The buckets are requester-pays: every request says the requester pays.
     pub requester_pays: Option<bool>,
+    /// SSE-C: the name of an environment variable holding the 256-bit key (base64, or 32 raw
+    /// bytes) every object of this connection is written and read with.
+    pub sse_c_key_env: Option<String>,
 }
 
 /// The write options as typed (a connection's settings, or the flags), checked.
@@ -373,7 +376,20 @@ pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
         _ => CredentialSource::DefaultChain,
     };
     cfg.write = c.write_settings().check(&format!("connection '{name}'"))?;
+    if let Some(var) = &c.sse_c_key_env {
+        cfg.sse_c = Some(sse_c_key(name, var, &env_var(name, var)?)?);
+    }
     Ok(cfg)
+}
+
+/// An SSE-C key from the variable `var`: the base64 of 32 bytes, or 32 bytes as they are. The
+/// message never shows the value.
+fn sse_c_key(conn: &str, var: &str, value: &str) -> Result<barge_store::s3::SseCKey> {
+    barge_store::s3::SseCKey::parse(value).ok_or_else(|| {
+        EngineError::Input(format!(
+            "connection '{conn}': {var} does not hold an SSE-C key: give 256 bits as 44 characters of base64 (openssl rand -base64 32) or 32 bytes"
+        ))
+    })
 }
 
 /// The default connection: the standard AWS environment, unless `[connections.default]` says

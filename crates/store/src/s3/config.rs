@@ -117,6 +117,42 @@ impl WriteOptions {
     }
 }
 
+/// A customer-provided key (SSE-C): the connection's objects are written with it and read with
+/// it. Held as a `Secret`; only its MD5 (what S3 itself echoes) ever appears in an identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseCKey {
+    /// The 256-bit key, base64, as the header carries it.
+    pub key: Secret,
+    /// The key's MD5, base64.
+    pub md5: String,
+}
+
+impl SseCKey {
+    /// From how a user writes a key: the base64 of 32 bytes, or 32 bytes as they are.
+    pub fn parse(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let v = text.trim();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .ok()
+            .filter(|r| r.len() == 32)
+            .or_else(|| (v.len() == 32).then(|| v.as_bytes().to_vec()))?;
+        let key: [u8; 32] = raw.try_into().ok()?;
+        Some(Self::new(&key))
+    }
+
+    /// From the raw 32-byte key.
+    pub fn new(raw: &[u8; 32]) -> Self {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Self {
+            key: Secret::new(b64.encode(raw)),
+            md5: b64.encode(md5::Md5::digest(raw)),
+        }
+    }
+}
+
 /// Everything needed to talk to one S3-compatible endpoint.
 #[derive(Clone, Debug)]
 pub struct S3Config {
@@ -135,6 +171,8 @@ pub struct S3Config {
     /// A PEM file of certificate authorities trusted for HTTPS besides the system's.
     pub ca_bundle: Option<PathBuf>,
     pub write: WriteOptions,
+    /// SSE-C: every object of this connection is written and read with this key.
+    pub sse_c: Option<SseCKey>,
 }
 
 impl S3Config {
@@ -151,6 +189,7 @@ impl S3Config {
             max_object_size: None,
             ca_bundle: None,
             write: WriteOptions::default(),
+            sse_c: None,
         }
     }
 }
@@ -235,7 +274,16 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
     });
     let identity = match sdk.credentials_provider() {
         Some(p) => match p.provide_credentials().await {
-            Ok(c) => Some(format!("{endpoint}|{}", c.access_key_id())),
+            // Two connections with other SSE-C keys are not one service to copy within: the
+            // bytes go through barge, read with one key and written with the other.
+            Ok(c) => Some(format!(
+                "{endpoint}|{}{}",
+                c.access_key_id(),
+                cfg.sse_c
+                    .as_ref()
+                    .map(|k| format!("|sse-c:{}", k.md5))
+                    .unwrap_or_default()
+            )),
             Err(e) => {
                 return Err(StoreError::AccessDenied {
                     store: cfg.name.clone(),
@@ -248,7 +296,7 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
     };
     // Only an endpoint the connection names itself (not one from the environment), and only
     // for plain reads and writes: the lean path sends none of the write options' headers.
-    let lean = if !cfg.write.is_default() {
+    let lean = if !cfg.write.is_default() || cfg.sse_c.is_some() {
         None
     } else {
         super::lean::Lean::new(

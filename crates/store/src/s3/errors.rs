@@ -117,6 +117,29 @@ pub(super) fn map_status(
             op: op.to_string(),
             detail: format!("{path}: {detail}"),
         },
+        // An SSE-C object read without its key (or with another): say what to do.
+        // (A HEAD's answer has no body: a bare 400 is what S3 and Garage answer then.)
+        (400, "InvalidRequest")
+            if message.contains("ncrypt") || message.contains("Server Side Encryption") =>
+        {
+            StoreError::Permanent {
+                store,
+                op: op.to_string(),
+                detail: format!(
+                    "{path}: {detail} (an object written with a customer key, SSE-C: the connection needs the same key, sse_c_key_env)"
+                ),
+            }
+        }
+        (400, "") if op == "HeadObject" =>
+        {
+            StoreError::Permanent {
+                store,
+                op: op.to_string(),
+                detail: format!(
+                    "{path}: {detail} (a stat answers so for an object written with a customer key, SSE-C, asked without that key: the connection needs the same key, sse_c_key_env)"
+                ),
+            }
+        }
         // Never worth another try: the store does not have the operation (Garage answers so
         // for GetObjectTagging).
         (501, _) | (_, "NotImplemented") => StoreError::Unsupported {

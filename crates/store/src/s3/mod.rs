@@ -29,7 +29,7 @@ use crate::{
     PendingUpload, Pin, PutReceipt, Result, Store, StoreError, UploadRef,
 };
 
-pub use config::{CredentialSource, S3Config, Secret, Sse, WriteOptions};
+pub use config::{CredentialSource, S3Config, Secret, Sse, SseCKey, WriteOptions};
 use errors::{body_error, map_sdk_error};
 
 /// A connection to one S3-compatible endpoint with one set of credentials.
@@ -45,6 +45,8 @@ pub struct S3Store {
     lean: Option<lean::Lean>,
     /// What every write asks for: storage class, encryption, ACL, tags.
     write: WriteOptions,
+    /// SSE-C: the key every object of this connection is written and read with.
+    sse_c: Option<SseCKey>,
     /// The store answered that it has no tagging: tags are not asked for again.
     no_tagging: std::sync::atomic::AtomicBool,
 }
@@ -98,6 +100,27 @@ fn encode_tags(tags: &[(String, String)]) -> Option<String> {
             .collect::<Vec<_>>()
             .join("&"),
     )
+}
+
+/// A request on an SSE-C connection's object carries its key.
+macro_rules! with_ssec {
+    ($req:expr, $k:expr) => {{
+        let k: &Option<SseCKey> = $k;
+        $req.set_sse_customer_algorithm(k.as_ref().map(|_| "AES256".to_string()))
+            .set_sse_customer_key(k.as_ref().map(|k| k.key.expose().to_string()))
+            .set_sse_customer_key_md5(k.as_ref().map(|k| k.md5.clone()))
+    }};
+}
+
+/// A server-side copy from an SSE-C object: the source's key (the same connection's: two
+/// connections with other keys never copy server-side).
+macro_rules! with_copy_ssec {
+    ($req:expr, $k:expr) => {{
+        let k: &Option<SseCKey> = $k;
+        $req.set_copy_source_sse_customer_algorithm(k.as_ref().map(|_| "AES256".to_string()))
+            .set_copy_source_sse_customer_key(k.as_ref().map(|k| k.key.expose().to_string()))
+            .set_copy_source_sse_customer_key_md5(k.as_ref().map(|k| k.md5.clone()))
+    }};
 }
 
 /// A write request (PutObject, CreateMultipartUpload, CopyObject: they share these setters)
@@ -246,6 +269,7 @@ impl S3Store {
             checksum: cfg.checksum,
             lean,
             write: cfg.write,
+            sse_c: cfg.sse_c,
             no_tagging: Default::default(),
         })
     }
@@ -376,14 +400,13 @@ impl Store for S3Store {
     }
 
     async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
-        let out = self
+        let req = self
             .client
             .head_object()
             .bucket(&path.bucket)
             .key(&path.key)
-            .checksum_mode(S3ChecksumMode::Enabled)
-            .send()
-            .await;
+            .checksum_mode(S3ChecksumMode::Enabled);
+        let out = with_ssec!(req, &self.sse_c).send().await;
         let out = match out {
             Ok(o) => o,
             Err(e) => {
@@ -544,14 +567,15 @@ impl Store for S3Store {
             }
             return self.whole(path, meta, data);
         }
-        let out = self
+        let req = self
             .client
             .get_object()
             .bucket(&path.bucket)
             .key(&path.key)
             .set_if_match(pin.etag.clone())
             .set_version_id(pin.version_id.clone())
-            .checksum_mode(S3ChecksumMode::Enabled)
+            .checksum_mode(S3ChecksumMode::Enabled);
+        let out = with_ssec!(req, &self.sse_c)
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
@@ -584,14 +608,15 @@ impl Store for S3Store {
         {
             return Ok(chunks);
         }
-        let out = self
+        let req = self
             .client
             .get_object()
             .bucket(&path.bucket)
             .key(&path.key)
             .range(range_header(offset, len))
             .set_if_match(pin.etag.clone())
-            .set_version_id(pin.version_id.clone())
+            .set_version_id(pin.version_id.clone());
+        let out = with_ssec!(req, &self.sse_c)
             .send()
             .await
             .map_err(|e| self.err("GetObject", path, e))?;
@@ -659,7 +684,10 @@ impl Store for S3Store {
             .content_length(len)
             .body(ByteStream::from(data))
             .set_checksum_crc32_c(crc);
-        let req = with_write!(with_attrs!(req, attrs), &self.write);
+        let req = with_ssec!(
+            with_write!(with_attrs!(req, attrs), &self.write),
+            &self.sse_c
+        );
         // With a CRC32C the store checks every byte itself: hashing the body again for the
         // signature only costs CPU.
         let out = if signed {
@@ -698,6 +726,7 @@ impl Store for S3Store {
             Some(attrs) => with_attrs!(req.metadata_directive(MetadataDirective::Replace), attrs),
             None => req.metadata_directive(MetadataDirective::Copy),
         };
+        let req = with_copy_ssec!(with_ssec!(req, &self.sse_c), &self.sse_c);
         // Tags the connection sets replace the source's; else the store copies them.
         let req = with_write!(req, &self.write).set_tagging_directive(
             (!self.write.tags.is_empty()).then_some(TaggingDirective::Replace),
@@ -742,10 +771,13 @@ impl Store for S3Store {
             .bucket(&path.bucket)
             .key(&path.key)
             .set_checksum_algorithm(algo);
-        let out = with_write!(with_attrs!(req, attrs), &self.write)
-            .send()
-            .await
-            .map_err(|e| self.write_err("CreateMultipartUpload", path, e))?;
+        let out = with_ssec!(
+            with_write!(with_attrs!(req, attrs), &self.write),
+            &self.sse_c
+        )
+        .send()
+        .await
+        .map_err(|e| self.write_err("CreateMultipartUpload", path, e))?;
         let upload_id = out.upload_id().ok_or_else(|| StoreError::Permanent {
             store: self.name.clone(),
             op: "CreateMultipartUpload".into(),
@@ -785,6 +817,7 @@ impl Store for S3Store {
             .content_length(len as i64)
             .body(ByteStream::from(data))
             .set_checksum_crc32_c(crc.clone());
+        let out = with_ssec!(out, &self.sse_c);
         // The store checks the CRC32C: no need to hash the body for the signature too.
         let out = if crc.is_some() {
             out.customize().disable_payload_signing().send().await
@@ -824,7 +857,8 @@ impl Store for S3Store {
             .part_number(part.number as i32)
             .copy_source(copy_source(src, pin))
             .copy_source_range(range_header(part.offset, part.len))
-            .set_copy_source_if_match(pin.etag.clone())
+            .set_copy_source_if_match(pin.etag.clone());
+        let out = with_copy_ssec!(with_ssec!(out, &self.sse_c), &self.sse_c)
             .send()
             .await
             .map_err(|e| self.err("UploadPartCopy", src, e))?;
@@ -878,7 +912,8 @@ impl Store for S3Store {
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(completed))
                     .build(),
-            )
+            );
+        let out = with_ssec!(out, &self.sse_c)
             .send()
             .await
             .map_err(|e| self.err("CompleteMultipartUpload", &upload.path, e))?;
@@ -918,7 +953,8 @@ impl Store for S3Store {
                 .bucket(&upload.path.bucket)
                 .key(&upload.path.key)
                 .upload_id(&upload.upload_id)
-                .set_part_number_marker(marker.clone())
+                .set_part_number_marker(marker.clone());
+            let page = with_ssec!(page, &self.sse_c)
                 .send()
                 .await
                 .map_err(|e| self.err("ListParts", &upload.path, e))?;
