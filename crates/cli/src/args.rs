@@ -341,6 +341,10 @@ pub struct Common {
     /// The buckets are requester-pays (either side): every request says the requester pays.
     #[arg(long)]
     pub requester_pays: bool,
+    /// A multipart object's CRC32C: composite (of its parts') or full-object (of all its
+    /// bytes, comparable with any copy; where the store supports it).
+    #[arg(long, value_name = "composite|full-object")]
+    pub checksum_type: Option<String>,
     /// Print the plan (strategy, part size, part count per file); move nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -439,6 +443,7 @@ impl Common {
             acl: self.acl.as_deref(),
             tags,
             requester_pays: self.requester_pays,
+            checksum_type: self.checksum_type.as_deref(),
         }
         .check("the command line")
     }

@@ -64,6 +64,9 @@ pub struct ConnectionConfig {
     pub tags: Option<BTreeMap<String, String>>,
     /// The buckets are requester-pays: every request says the requester pays.
     pub requester_pays: Option<bool>,
+    /// `composite` (default: a multipart object's CRC32C is the composite of its parts') or
+    /// `full_object` (the CRC32C of all its bytes, where the store supports it).
+    pub checksum_type: Option<String>,
     /// SSE-C: the name of an environment variable holding the 256-bit key (base64, or 32 raw
     /// bytes) every object of this connection is written and read with.
     pub sse_c_key_env: Option<String>,
@@ -79,6 +82,7 @@ pub struct WriteSettings<'a> {
     pub acl: Option<&'a str>,
     pub tags: Vec<(String, String)>,
     pub requester_pays: bool,
+    pub checksum_type: Option<&'a str>,
 }
 
 /// Canned ACLs S3 defines.
@@ -165,7 +169,17 @@ impl WriteSettings<'_> {
                 )));
             }
         }
+        let full_object_checksum = match self.checksum_type {
+            None | Some("composite") => false,
+            Some("full_object" | "full-object") => true,
+            Some(o) => {
+                return Err(bad(format!(
+                    "checksum type '{o}' is not one of composite, full_object"
+                )));
+            }
+        };
         Ok(WriteOptions {
+            full_object_checksum,
             storage_class: self.storage_class.map(str::to_string),
             sse,
             acl: self.acl.map(str::to_string),
@@ -188,6 +202,7 @@ pub fn merge_write(base: WriteOptions, over: &WriteOptions) -> WriteOptions {
             over.tags.clone()
         },
         requester_pays: over.requester_pays || base.requester_pays,
+        full_object_checksum: over.full_object_checksum || base.full_object_checksum,
     }
 }
 
@@ -327,6 +342,7 @@ impl ConnectionConfig {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             requester_pays: self.requester_pays.unwrap_or(false),
+            checksum_type: self.checksum_type.as_deref(),
         }
     }
 }

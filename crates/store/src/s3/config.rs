@@ -75,11 +75,23 @@ pub struct WriteOptions {
     pub tags: Vec<(String, String)>,
     /// Send `x-amz-request-payer: requester` with every request (a requester-pays bucket).
     pub requester_pays: bool,
+    /// Multipart objects get a full-object CRC32C (S3's `FULL_OBJECT` checksum type, the
+    /// CRC32C of all the bytes, comparable with any copy) instead of the composite of parts'.
+    pub full_object_checksum: bool,
 }
 
 impl WriteOptions {
     pub fn is_default(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Whether whole-object writes need headers the lean path does not send (a full-object
+    /// checksum changes nothing for them: a single PUT's checksum is the whole object's).
+    pub fn needs_sdk_writes(&self) -> bool {
+        Self {
+            full_object_checksum: false,
+            ..self.clone()
+        } != Self::default()
     }
 
     /// The options as a user set them, for messages: `--storage-class X, --sse aws:kms`.
@@ -112,6 +124,9 @@ impl WriteOptions {
         }
         if self.requester_pays {
             v.push("requester pays".into());
+        }
+        if self.full_object_checksum {
+            v.push("full-object checksums".into());
         }
         v.join(", ")
     }
@@ -296,7 +311,7 @@ pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
     };
     // Only an endpoint the connection names itself (not one from the environment), and only
     // for plain reads and writes: the lean path sends none of the write options' headers.
-    let lean = if !cfg.write.is_default() || cfg.sse_c.is_some() {
+    let lean = if cfg.write.needs_sdk_writes() || cfg.sse_c.is_some() {
         None
     } else {
         super::lean::Lean::new(

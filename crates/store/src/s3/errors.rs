@@ -130,16 +130,13 @@ pub(super) fn map_status(
                 ),
             }
         }
-        (400, "") if op == "HeadObject" =>
-        {
-            StoreError::Permanent {
-                store,
-                op: op.to_string(),
-                detail: format!(
-                    "{path}: {detail} (a stat answers so for an object written with a customer key, SSE-C, asked without that key: the connection needs the same key, sse_c_key_env)"
-                ),
-            }
-        }
+        (400, "") if op == "HeadObject" => StoreError::Permanent {
+            store,
+            op: op.to_string(),
+            detail: format!(
+                "{path}: {detail} (a stat answers so for an object written with a customer key, SSE-C, asked without that key: the connection needs the same key, sse_c_key_env)"
+            ),
+        },
         // Never worth another try: the store does not have the operation (Garage answers so
         // for GetObjectTagging).
         (501, _) | (_, "NotImplemented") => StoreError::Unsupported {

@@ -17,8 +17,9 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::{ByteStream, DateTime, DateTimeFormat};
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode as S3ChecksumMode, CompletedMultipartUpload, CompletedPart,
-    MetadataDirective, ObjectCannedAcl, ServerSideEncryption, StorageClass, TaggingDirective,
+    ChecksumAlgorithm, ChecksumMode as S3ChecksumMode, ChecksumType, CompletedMultipartUpload,
+    CompletedPart, MetadataDirective, ObjectCannedAcl, ServerSideEncryption, StorageClass,
+    TaggingDirective,
 };
 use bytes::{Bytes, BytesMut};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -770,6 +771,10 @@ impl Store for S3Store {
             .create_multipart_upload()
             .bucket(&path.bucket)
             .key(&path.key)
+            .set_checksum_type(
+                (algo.is_some() && self.write.full_object_checksum)
+                    .then_some(ChecksumType::FullObject),
+            )
             .set_checksum_algorithm(algo);
         let out = with_ssec!(
             with_write!(with_attrs!(req, attrs), &self.write),
@@ -902,12 +907,29 @@ impl Store for S3Store {
                     .build()
             })
             .collect();
+        // A full-object checksum is given at completion: the parts' CRC32Cs combined.
+        let full = (self.write.full_object_checksum && self.checksum == ChecksumMode::Crc32c)
+            .then(|| {
+                parts
+                    .iter()
+                    .map(|p| {
+                        p.crc32c
+                            .as_deref()
+                            .and_then(crate::checksum::crc32c_from_b64)
+                            .map(|c| (c, p.len))
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .flatten()
+            .map(|c| crc32c_b64(crate::checksum::combine_crc32c(&c)));
         let out = self
             .client
             .complete_multipart_upload()
             .bucket(&upload.path.bucket)
             .key(&upload.path.key)
             .upload_id(&upload.upload_id)
+            .set_checksum_type(full.as_ref().map(|_| ChecksumType::FullObject))
+            .set_checksum_crc32_c(full)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(completed))
