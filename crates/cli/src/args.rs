@@ -345,6 +345,10 @@ pub struct Common {
     /// bytes, comparable with any copy; where the store supports it).
     #[arg(long, value_name = "composite|full-object")]
     pub checksum_type: Option<String>,
+    /// The checksum sent with every part and object: crc32c (default) or crc64nvme (the
+    /// store keeps a full-object CRC64NVME; where it supports it).
+    #[arg(long, value_name = "crc32c|crc64nvme")]
+    pub checksum_algorithm: Option<String>,
     /// Print the plan (strategy, part size, part count per file); move nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -444,6 +448,7 @@ impl Common {
             tags,
             requester_pays: self.requester_pays,
             checksum_type: self.checksum_type.as_deref(),
+            checksum_algorithm: self.checksum_algorithm.as_deref(),
         }
         .check("the command line")
     }

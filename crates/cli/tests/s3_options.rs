@@ -633,3 +633,58 @@ async fn full_object_checksums_match_across_part_sizes() {
     );
     std::fs::remove_dir_all(&e.dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crc64nvme_goes_with_every_part_and_the_store_keeps_the_object_s() {
+    use base64::Engine as _;
+    let e = env("s3c64", "");
+    let p = prefix("s3c64");
+    let file = ConfigFile::parse(&config_with(""), "test").expect("config");
+    let ga = S3Store::connect(s3_config("ga", &file.connections["ga"]).expect("ga"))
+        .await
+        .expect("connect");
+    for (name, size) in [("small.bin", 1000), ("big.bin", 12 * MIB + 3)] {
+        let body = data(size, 6);
+        let local = e.dir.join(name);
+        std::fs::write(&local, &body).expect("write");
+        let key = format!("{p}{name}");
+        let o = barge(
+            &e,
+            &[
+                "cp",
+                &local.to_string_lossy(),
+                &format!("ga:dst/{key}"),
+                "--part-size",
+                "5MiB",
+                "--checksum-algorithm",
+                "crc64nvme",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+        let head = ga
+            .client()
+            .head_object()
+            .bucket("dst")
+            .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .expect("head");
+        let want = base64::engine::general_purpose::STANDARD
+            .encode(crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &body).to_be_bytes());
+        assert_eq!(head.checksum_crc64_nvme(), Some(want.as_str()), "{name}");
+        assert_eq!(
+            sha256(&read(&ga, "dst", &key).await),
+            sha256(&body),
+            "{name}"
+        );
+    }
+    let o = barge(&e, &["cp", "x", "ga:dst/x", "--checksum-algorithm", "md5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("checksum algorithm 'md5' is not one of crc32c, crc64nvme"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&e.dir).ok();
+}

@@ -83,6 +83,8 @@ pub struct WriteSettings<'a> {
     pub tags: Vec<(String, String)>,
     pub requester_pays: bool,
     pub checksum_type: Option<&'a str>,
+    /// `crc32c` or `crc64nvme`.
+    pub checksum_algorithm: Option<&'a str>,
 }
 
 /// Canned ACLs S3 defines.
@@ -178,7 +180,17 @@ impl WriteSettings<'_> {
                 )));
             }
         };
+        let crc64nvme = match self.checksum_algorithm {
+            None | Some("crc32c" | "CRC32C") => false,
+            Some("crc64nvme" | "CRC64NVME") => true,
+            Some(o) => {
+                return Err(bad(format!(
+                    "checksum algorithm '{o}' is not one of crc32c, crc64nvme"
+                )));
+            }
+        };
         Ok(WriteOptions {
+            crc64nvme,
             full_object_checksum,
             storage_class: self.storage_class.map(str::to_string),
             sse,
@@ -203,6 +215,7 @@ pub fn merge_write(base: WriteOptions, over: &WriteOptions) -> WriteOptions {
         },
         requester_pays: over.requester_pays || base.requester_pays,
         full_object_checksum: over.full_object_checksum || base.full_object_checksum,
+        crc64nvme: over.crc64nvme || base.crc64nvme,
     }
 }
 
@@ -243,11 +256,14 @@ impl ConfigFile {
             }
             if let Some(m) = &c.checksum
                 && m != "crc32c"
+                && m != "crc64nvme"
                 && m != "off"
             {
                 return Err(EngineError::Config {
                     path: origin.to_string(),
-                    msg: format!("connection '{name}': checksum '{m}' is not one of crc32c, off"),
+                    msg: format!(
+                        "connection '{name}': checksum '{m}' is not one of crc32c, crc64nvme, off"
+                    ),
                 });
             }
             c.write_settings()
@@ -343,6 +359,7 @@ impl ConnectionConfig {
                 .collect(),
             requester_pays: self.requester_pays.unwrap_or(false),
             checksum_type: self.checksum_type.as_deref(),
+            checksum_algorithm: self.checksum.as_deref().filter(|c| *c != "off"),
         }
     }
 }

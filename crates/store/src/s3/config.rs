@@ -78,6 +78,9 @@ pub struct WriteOptions {
     /// Multipart objects get a full-object CRC32C (S3's `FULL_OBJECT` checksum type, the
     /// CRC32C of all the bytes, comparable with any copy) instead of the composite of parts'.
     pub full_object_checksum: bool,
+    /// Send CRC64NVME checksums (the store checks every part and keeps the whole object's)
+    /// instead of CRC32C.
+    pub crc64nvme: bool,
 }
 
 impl WriteOptions {
@@ -127,6 +130,9 @@ impl WriteOptions {
         }
         if self.full_object_checksum {
             v.push("full-object checksums".into());
+        }
+        if self.crc64nvme {
+            v.push("CRC64NVME checksums".into());
         }
         v.join(", ")
     }

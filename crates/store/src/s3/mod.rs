@@ -310,9 +310,19 @@ impl S3Store {
 
     fn crc_header(&self, crc32c: Option<u32>) -> Option<String> {
         match self.checksum {
-            ChecksumMode::Crc32c => crc32c.map(crc32c_b64),
-            ChecksumMode::Off => None,
+            ChecksumMode::Crc32c if !self.write.crc64nvme => crc32c.map(crc32c_b64),
+            _ => None,
         }
+    }
+
+    /// The CRC64NVME header of a body, on a connection that sends those instead of CRC32Cs
+    /// (one more pass over bytes already in memory).
+    fn crc64_header(&self, data: &[u8]) -> Option<String> {
+        (self.write.crc64nvme && self.checksum == ChecksumMode::Crc32c).then(|| {
+            use base64::Engine as _;
+            let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data);
+            base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+        })
     }
 
     fn err<E>(
@@ -676,7 +686,8 @@ impl Store for S3Store {
             return lean.put(path, data, attrs, crc).await;
         }
         let len = data.len() as i64;
-        let signed = crc.is_none();
+        let crc64 = self.crc64_header(&data);
+        let signed = crc.is_none() && crc64.is_none();
         let req = self
             .client
             .put_object()
@@ -684,7 +695,8 @@ impl Store for S3Store {
             .key(&path.key)
             .content_length(len)
             .body(ByteStream::from(data))
-            .set_checksum_crc32_c(crc);
+            .set_checksum_crc32_c(crc)
+            .set_checksum_crc64_nvme(crc64);
         let req = with_ssec!(
             with_write!(with_attrs!(req, attrs), &self.write),
             &self.sse_c
@@ -763,6 +775,10 @@ impl Store for S3Store {
         checksums: ChecksumMode,
     ) -> Result<UploadRef> {
         let algo = match (checksums, self.checksum) {
+            // CRC64NVME objects are always of the full-object type.
+            (ChecksumMode::Crc32c, ChecksumMode::Crc32c) if self.write.crc64nvme => {
+                Some(ChecksumAlgorithm::Crc64Nvme)
+            }
             (ChecksumMode::Crc32c, ChecksumMode::Crc32c) => Some(ChecksumAlgorithm::Crc32C),
             _ => None,
         };
@@ -772,7 +788,7 @@ impl Store for S3Store {
             .bucket(&path.bucket)
             .key(&path.key)
             .set_checksum_type(
-                (algo.is_some() && self.write.full_object_checksum)
+                (algo.is_some() && (self.write.full_object_checksum || self.write.crc64nvme))
                     .then_some(ChecksumType::FullObject),
             )
             .set_checksum_algorithm(algo);
@@ -812,6 +828,8 @@ impl Store for S3Store {
     ) -> Result<PartReceipt> {
         let len = data.len() as u64;
         let crc = self.crc_header(crc32c);
+        let crc64 = self.crc64_header(&data);
+        let checked = crc.is_some() || crc64.is_some();
         let out = self
             .client
             .upload_part()
@@ -821,10 +839,11 @@ impl Store for S3Store {
             .part_number(part.number as i32)
             .content_length(len as i64)
             .body(ByteStream::from(data))
-            .set_checksum_crc32_c(crc.clone());
+            .set_checksum_crc32_c(crc.clone())
+            .set_checksum_crc64_nvme(crc64);
         let out = with_ssec!(out, &self.sse_c);
-        // The store checks the CRC32C: no need to hash the body for the signature too.
-        let out = if crc.is_some() {
+        // The store checks the checksum: no need to hash the body for the signature too.
+        let out = if checked {
             out.customize().disable_payload_signing().send().await
         } else {
             out.send().await
@@ -908,7 +927,9 @@ impl Store for S3Store {
             })
             .collect();
         // A full-object checksum is given at completion: the parts' CRC32Cs combined.
-        let full = (self.write.full_object_checksum && self.checksum == ChecksumMode::Crc32c)
+        let full = (self.write.full_object_checksum
+            && !self.write.crc64nvme
+            && self.checksum == ChecksumMode::Crc32c)
             .then(|| {
                 parts
                     .iter()
