@@ -657,15 +657,27 @@ mod tests {
         let e = ConfigFile::parse("[connections.x]\nchecksum = 'md5'", "f.toml").expect_err("mode");
         assert!(e.to_string().contains("crc32c, crc64nvme, off"), "{e}");
         for (text, msg) in [
-            ("sse = 'kms'", "connection 'x': sse 'kms' is not one of AES256"),
+            (
+                "sse = 'kms'",
+                "connection 'x': sse 'kms' is not one of AES256",
+            ),
             ("sse_kms_key_id = 'k'", "goes with sse aws:kms"),
             ("acl = 'everyone'", "acl 'everyone' is not a canned ACL"),
-            ("tags = { 'a' = 'b&c' }", "tags take letters, digits, spaces"),
-            ("checksum_type = 'both'", "checksum type 'both' is not one of"),
-            ("storage_class = 'cold storage'", "is not a storage class name"),
+            (
+                "tags = { 'a' = 'b&c' }",
+                "tags take letters, digits, spaces",
+            ),
+            (
+                "checksum_type = 'both'",
+                "checksum type 'both' is not one of",
+            ),
+            (
+                "storage_class = 'cold storage'",
+                "is not a storage class name",
+            ),
         ] {
-            let e = ConfigFile::parse(&format!("[connections.x]\n{text}"), "f.toml")
-                .expect_err(text);
+            let e =
+                ConfigFile::parse(&format!("[connections.x]\n{text}"), "f.toml").expect_err(text);
             assert!(e.to_string().contains(msg), "{text}: {e}");
         }
         let e = ConfigFile::parse("[connections.x]\naccess_key_id_env = 'A'", "f.toml")
