@@ -221,3 +221,33 @@ def test_the_example_dag_parses():
     d = mod.move_files()
     assert d.dag_id == "barge_move_files"
     assert {"get_file_config_dicts", "move_files.transfer"} <= set(d.task_ids), d.task_ids
+
+
+def test_a_file_over_5_gib_is_planned_by_a_dry_run_and_nothing_moves(prefix, tmp_path):
+    # A 6 GiB source made on the server from one 8 MiB object (UploadPartCopy): no 6 GiB upload.
+    a = s3("A")
+    a.put_object(Bucket="src", Key=f"{prefix}block", Body=os.urandom(8 * MIB))
+    key = f"{prefix}in/huge.bin"
+    up = a.create_multipart_upload(Bucket="src", Key=key)["UploadId"]
+    parts = []
+    for n in range(1, 769):
+        r = a.upload_part_copy(Bucket="src", Key=key, UploadId=up, PartNumber=n,
+                               CopySource={"Bucket": "src", "Key": f"{prefix}block"})
+        parts.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
+    a.complete_multipart_upload(Bucket="src", Key=key, UploadId=up, MultipartUpload={"Parts": parts})
+    files = [{"src_conn_id": "garage_a", "src_bucket": "src", "src_key": key,
+              "dest_conn_id": "garage_b", "dest_bucket": "dst", "dest_key": f"{prefix}out/huge.bin"}]
+
+    @dag(dag_id=f"barge_plan_{uuid.uuid4().hex[:8]}", schedule=None, start_date=datetime(2024, 1, 1))
+    def planned():
+        BargeTransferOperator(task_id="plan", files=files, dry_run=True,
+                              journal=str(tmp_path / "j.sqlite"), part_size="5MiB")
+
+    run, states = _run(planned())
+    assert states == {"plan": "success"}, states
+    plan = run.get_task_instance("plan").xcom_pull(task_ids="plan")["files"][0]
+    assert plan["status"] == "planned" and plan["size"] == 6 * 1024 * MIB, plan
+    # 5 MiB parts would need 1,229: fine; the plan keeps within 10,000 parts of at least 5 MiB.
+    assert plan["parts"] <= 10_000 and plan["part_size"] >= 5 * MIB, plan
+    b = s3("B")
+    assert "Contents" not in b.list_objects_v2(Bucket="dst", Prefix=f"{prefix}out/"), "nothing moved"

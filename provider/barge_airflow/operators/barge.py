@@ -46,7 +46,8 @@ class BargeTransferOperator(BaseOperator):
 
     On one worker (no journal, or a SQLite file) it runs `barge run` itself: a retry of the task
     runs the same manifest against the same journal, which barge continues instead of starting
-    over. With a PostgreSQL journal it submits the files for `barge worker` processes (see
+    over. `dry_run=True` returns barge's plan (strategy, part size and count per file) and moves
+    nothing. With a PostgreSQL journal it submits the files for `barge worker` processes (see
     BargeWorkerOperator) and, with `deferrable=True`, waits for the transfer in the triggerer
     without holding a worker slot; `wait=False` returns at once with the transfer id. The JSON
     summary is the task's return value; a file that failed fails the task, its reason logged.
@@ -68,11 +69,13 @@ class BargeTransferOperator(BaseOperator):
         barge_queue: str = "default",
         deferrable: bool = False,
         wait: bool = True,
+        dry_run: bool = False,
         poll_interval: float = 5.0,
         barge_path: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.dry_run = dry_run
         self.files = files
         self.delete_source = delete_source
         self.part_size = part_size
@@ -116,7 +119,11 @@ class BargeTransferOperator(BaseOperator):
         hook = BargeHook(barge_path=self.barge_path, journal=self.journal)
         manifest = self._manifest(files)
         try:
-            if _is_shared(self.journal) and (self.deferrable or not self.wait):
+            if self.dry_run:
+                # The plan (strategy, part size, part count per file); nothing moves.
+                proc = hook.run(["run", manifest, "--dry-run", "--json", *self._options(False)],
+                                _conn_ids(files))
+            elif _is_shared(self.journal) and (self.deferrable or not self.wait):
                 proc = hook.run(
                     ["submit", manifest, "--queue", self.barge_queue, "--json", *self._options(True)],
                     _conn_ids(files),
@@ -131,7 +138,9 @@ class BargeTransferOperator(BaseOperator):
                     trigger=BargeTransferTrigger(tid, self.journal, hook.barge_path, self.poll_interval),
                     method_name="execute_complete",
                 )
-            proc = hook.run(["run", manifest, "--json", *self._options(False)], _conn_ids(files))
+            else:
+                proc = hook.run(["run", manifest, "--json", *self._options(False)],
+                                _conn_ids(files))
         finally:
             os.unlink(manifest)
         summary = json.loads(proc.stdout) if proc.stdout.strip() else {}
