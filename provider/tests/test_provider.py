@@ -251,3 +251,15 @@ def test_a_file_over_5_gib_is_planned_by_a_dry_run_and_nothing_moves(prefix, tmp
     assert plan["parts"] <= 10_000 and plan["part_size"] >= 5 * MIB, plan
     b = s3("B")
     assert "Contents" not in b.list_objects_v2(Bucket="dst", Prefix=f"{prefix}out/"), "nothing moved"
+
+
+def test_a_retried_submit_finds_the_same_transfer(prefix, pg):
+    files, _ = _seed(prefix, [100])
+    queue = f"af-{uuid.uuid4().hex[:8]}"
+    op = BargeTransferOperator(task_id="submit", files=files, journal=pg, wait=False,
+                               barge_queue=queue)
+    first = op.execute({})
+    again = op.execute({})
+    assert again == first, (first, again)
+    subprocess.run(["barge", "--journal", pg, "abort", first["transfer_id"]], check=True,
+                   capture_output=True)

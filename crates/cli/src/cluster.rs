@@ -28,9 +28,30 @@ pub async fn submit_cmd(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let n = specs.len();
-    let id = submit(conns, journal, specs, &opts).await?;
+    // The same files submitted again to the same queue while their transfer is unfinished (a
+    // retried Airflow task, a rerun script): that transfer, its failed files planned again,
+    // rather than a second transfer moving everything once more.
+    let earlier = match journal.find_resumable(&fingerprint(&specs)).await? {
+        Some(t) if journal.submitted_queue(&t.id).await?.as_deref() == Some(&opts.queue) => {
+            let again = journal.requeue_failed(&t.id, &opts.queue).await?;
+            eprintln!(
+                "transfer {} holds these files already; {again} failed file(s) planned again",
+                t.id
+            );
+            Some(t.id)
+        }
+        _ => None,
+    };
+    let resumed = earlier.is_some();
+    let id = match earlier {
+        Some(id) => id,
+        None => submit(conns, journal, specs, &opts).await?,
+    };
     if json {
-        out!("{}", serde_json::json!({ "transfer_id": id, "files": n }));
+        out!(
+            "{}",
+            serde_json::json!({ "transfer_id": id, "files": n, "resumed": resumed })
+        );
     } else {
         out!("{id}");
         eprintln!(

@@ -424,6 +424,15 @@ async fn a_second_submission_of_a_destination_is_refused_while_the_first_is_unfi
     let first = sub(&q);
     let (id, err) = out_text(&first);
     assert_eq!(first.status.code(), Some(0), "{err}");
+    // The same files to the same queue again (a retried task): the same transfer.
+    let again = sub(&q);
+    let (id_again, err) = out_text(&again);
+    assert_eq!(again.status.code(), Some(0), "{err}");
+    assert_eq!(id_again, id, "{err}");
+    assert!(
+        err.contains(&format!("transfer {id} holds these files already")),
+        "{err}"
+    );
     let second = sub(&queue("dup2"));
     let (_, err) = out_text(&second);
     assert_eq!(second.status.code(), Some(2), "{err}");
