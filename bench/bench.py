@@ -97,6 +97,21 @@ DOWN_DIR = Path(os.environ.get("BENCH_DOWN_DIR") or WORK)
 KERNEL = {}
 LAST_KERNEL = [float("nan")]
 NCPU = os.cpu_count() or 1
+# BENCH_PIN="SERVERS/CLIENT" (CPU lists as taskset takes them, e.g. "0-7/8-15"): the two Garage
+# servers pinned to the first cores and every tool's command to the second, so that the client's
+# own CPU shows apart from the servers'. Unset: no pinning.
+PIN = os.environ.get("BENCH_PIN", "")
+PIN_SERVERS, _, PIN_CLIENT = PIN.partition("/")
+
+
+def pin_servers():
+    """Pin the running Garage servers (every thread) to BENCH_PIN's server cores."""
+    if not PIN_SERVERS:
+        return
+    for name in ("a", "b"):
+        pid = (ROOT / ".testbed" / name / "pid").read_text().strip()
+        subprocess.run(["taskset", "-a", "-c", "-p", PIN_SERVERS, pid], check=True,
+                       stdout=subprocess.DEVNULL)
 
 
 def setup_configs():
@@ -186,7 +201,8 @@ def run_timed(argv, shell=False):
     A command that prints "moved in SECONDS" as its last line (the real Airflow DAG, whose
     scheduler start is not part of a transfer) has that taken as its wall time."""
     out = WORK / "time.txt"
-    cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(out)]
+    cmd = ["taskset", "-c", PIN_CLIENT] if PIN_CLIENT else []
+    cmd += ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(out)]
     cmd += ["bash", "-c", argv] if shell else argv
     srv0 = server_cpu()
     t0 = time.monotonic()
@@ -451,6 +467,7 @@ def main():
     ENV = setup_configs()
     for k in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         os.environ[k] = ENV[k]
+    pin_servers()
     prepare()
     scns = scenario_runs()
     results = {}
@@ -529,7 +546,8 @@ def report(scns, results, ceil, down_ceil=None):
     lines = [
         f"Sizes: scenario 1/4/5 {BIG / GIB:.2f} GiB, scenario 2 {HUGE / GIB:.2f} GiB, "
         f"scenario 3 {SMALL_COUNT} x 64 KiB; {ROUNDS} round(s), {SHORT_ROUNDS} for scenarios 3 and 4 download; concurrency {CONC} for every tool; "
-        f"destination server {DEST} (BENCH_DEST).",
+        f"destination server {DEST} (BENCH_DEST); {NCPU} cores"
+        + (f", servers pinned to CPUs {PIN_SERVERS} and tools to {PIN_CLIENT} (BENCH_PIN)." if PIN else ", nothing pinned."),
         "",
         "| scenario | tool | wall s (median, min-max) | MiB/s | CPU s per GiB | of it kernel | peak RSS MiB | servers' CPU s per GiB | machine busy | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
