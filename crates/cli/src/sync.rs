@@ -155,14 +155,8 @@ pub async fn sync_cmd(
     let skipped = count(Action::Skip);
 
     if common.dry_run {
-        let refused = a
-            .max_delete
-            .map(|m| {
-                plan.deletes
-                    .len()
-                    .saturating_sub(usize::try_from(m).unwrap_or(usize::MAX))
-            })
-            .unwrap_or(0);
+        let refused = plan.deletes.len()
+            - barge_engine::sync::allowed_deletes(plan.deletes.len(), a.max_delete);
         if common.json {
             out!(
                 "{}",

@@ -16,6 +16,7 @@ use futures::{StreamExt, stream};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
+use crate::finalize::full_crc;
 use crate::input::{Filters, TransferSpec, list_prefix};
 use crate::location::Location;
 use crate::retry::{RetryPolicy, RetryStats, retry};
@@ -183,6 +184,11 @@ impl Verdict {
             reason: reason.into(),
         }
     }
+    fn sizes_differ(src: u64, dst: u64) -> Self {
+        Self::copy(&format!(
+            "sizes differ ({src} bytes, the destination {dst})"
+        ))
+    }
     fn by(same: bool, what: &str) -> Self {
         Self {
             copy: !same,
@@ -193,11 +199,6 @@ impl Verdict {
             },
         }
     }
-}
-
-/// A full-object CRC32C (not a composite `b64-N`).
-fn full(crc: &Option<String>) -> Option<&str> {
-    crc.as_deref().filter(|c| !c.contains('-'))
 }
 
 fn composite(crc: &Option<String>) -> Option<&str> {
@@ -236,10 +237,7 @@ async fn judge(
     stats: &RetryStats,
 ) -> std::result::Result<Verdict, StoreError> {
     if listed_src.size != listed_dst.size {
-        return Ok(Verdict::copy(&format!(
-            "sizes differ ({} bytes, the destination {})",
-            listed_src.size, listed_dst.size
-        )));
+        return Ok(Verdict::sizes_differ(listed_src.size, listed_dst.size));
     }
     match opts.compare {
         Compare::SizeOnly => {
@@ -283,12 +281,9 @@ async fn judge(
         }),
     )?;
     if s.size != d.size {
-        return Ok(Verdict::copy(&format!(
-            "sizes differ ({} bytes, the destination {})",
-            s.size, d.size
-        )));
+        return Ok(Verdict::sizes_differ(s.size, d.size));
     }
-    if let (Some(a), Some(b)) = (full(&s.crc32c), full(&d.crc32c)) {
+    if let (Some(a), Some(b)) = (full_crc(&s.crc32c), full_crc(&d.crc32c)) {
         return Ok(Verdict::by(a == b, "CRC32C"));
     }
     if let (Some(a), Some(b)) = (&s.crc32c, d.attrs.user_metadata.get(META_SOURCE_CRC32C)) {
@@ -321,8 +316,8 @@ async fn judge(
             "CRC32C (destination read in the source's parts)",
         ));
     }
-    let s_full = full(&s.crc32c).map(str::to_string);
-    let d_full = full(&d.crc32c).map(str::to_string);
+    let s_full = full_crc(&s.crc32c).map(str::to_string);
+    let d_full = full_crc(&d.crc32c).map(str::to_string);
     let a = match s_full {
         Some(a) => a,
         None => crc32c_b64(read(src_store, &s, None, &opts.retry, stats).await?.0),
@@ -355,6 +350,11 @@ pub struct NotDeleted {
     pub reason: String,
 }
 
+/// How many of `n` deletes `--max-delete` allows (all without it).
+pub fn allowed_deletes(n: usize, max: Option<u64>) -> usize {
+    max.map_or(n, |m| usize::try_from(m).unwrap_or(usize::MAX).min(n))
+}
+
 /// Delete the destination objects without a source, at most `max` of them (in key order),
 /// each only while it is still the object the listing saw (its version or ETag). Returns the
 /// objects deleted and those not deleted, with why.
@@ -365,11 +365,7 @@ pub async fn delete_extra(
     opts: &SyncOptions,
 ) -> (Vec<String>, Vec<NotDeleted>) {
     let stats = RetryStats::default();
-    let allowed = max
-        .map(|m| usize::try_from(m).unwrap_or(usize::MAX))
-        .unwrap_or(usize::MAX)
-        .min(deletes.len());
-    let (now, refused) = deletes.split_at(allowed);
+    let (now, refused) = deletes.split_at(allowed_deletes(deletes.len(), max));
     let done = stream::iter(now)
         .map(|(loc, meta)| {
             let stats = &stats;
@@ -417,6 +413,15 @@ pub async fn delete_extra(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_delete_bounds_the_deletes() {
+        assert_eq!(allowed_deletes(5, None), 5);
+        assert_eq!(allowed_deletes(5, Some(2)), 2);
+        assert_eq!(allowed_deletes(5, Some(0)), 0);
+        assert_eq!(allowed_deletes(5, Some(u64::MAX)), 5);
+        assert_eq!(allowed_deletes(0, Some(3)), 0);
+    }
 
     #[test]
     fn only_md5_shaped_etags_are_compared() {
