@@ -3,36 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use barge_engine::location::ConnRef;
 use barge_store::{ObjectAttrs, ObjectPath, Store, StoreError};
 use common::*;
-
-struct Env {
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-fn env(tag: &str) -> Env {
-    let dir = temp_dir(tag);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, config_text()).expect("config");
-    Env { dir, config }
-}
-
-fn barge(e: &Env, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_barge"))
-        .arg("--config")
-        .arg(&e.config)
-        .arg("--journal")
-        .arg(e.dir.join("journal.sqlite"))
-        .args(args)
-        .env_remove("BARGE_CONFIG")
-        .output()
-        .expect("run barge")
-}
 
 /// A command that must succeed and print JSON: the JSON, and stdout for messages.
 fn json_ok(o: &Output) -> (serde_json::Value, String) {

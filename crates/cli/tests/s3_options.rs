@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,47 +21,36 @@ fn moto_endpoint() -> String {
         .expect("moto's S3 server is not running: run the tests with scripts/test.sh")
 }
 
-/// The test bed's servers, plus `mo` (moto), `modef` (moto with write defaults) and any extra
-/// connection text.
-fn config_with(extra: &str) -> String {
+/// `mo` (moto), `modef` (moto with write defaults), `mo2` (moto under another key) and any
+/// extra connection text, beside the test bed's servers.
+fn moto_connections(extra: &str) -> String {
     let mo = moto_endpoint();
     format!(
-        "{}[connections.mo]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n\
+        "[connections.mo]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n\
          [connections.modef]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\
          storage_class = \"STANDARD_IA\"\ntags = {{ team = \"data\" }}\n\n\
-         [connections.mo2]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M2_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n{extra}",
-        config_text()
+         [connections.mo2]\nendpoint = \"{mo}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_M2_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_M_SECRET\"\n\n{extra}"
     )
 }
 
-struct Env {
-    dir: PathBuf,
-    config: PathBuf,
+fn config_with(extra: &str) -> String {
+    format!("{}{}", config_text(), moto_connections(extra))
 }
 
 fn env(tag: &str, extra: &str) -> Env {
-    let dir = temp_dir(tag);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, config_with(extra)).expect("config");
-    Env { dir, config }
+    Env::new(tag, &moto_connections(extra))
+}
+
+/// barge as these tests run it: no journal, and `mo2`'s key (another service to barge than
+/// `mo`, so copies between them go through it).
+fn cmd(e: &Env, args: &[&str]) -> Command {
+    let mut c = barge_cmd(&e.config, "none");
+    c.args(args).env("BARGE_TEST_M2_KEY_ID", "moto-other");
+    c
 }
 
 fn barge(e: &Env, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_barge"))
-        .arg("--config")
-        .arg(&e.config)
-        .arg("--journal")
-        .arg("none")
-        .args(args)
-        .env_remove("BARGE_CONFIG")
-        // Another key on moto: another service to barge, so copies go through it.
-        .env("BARGE_TEST_M2_KEY_ID", "moto-other")
-        .output()
-        .expect("run barge")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    cmd(e, args).output().expect("run barge")
 }
 
 /// moto as an S3 store, and its SDK client for what barge's store does not read back.
@@ -495,14 +484,8 @@ async fn sse_c_objects_are_written_and_read_with_their_connection_s_key() {
         uuid::Uuid::new_v4().simple().to_string(),
     );
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_barge"))
-            .arg("--config")
-            .arg(&e.config)
-            .arg("--journal")
-            .arg(e.dir.join("journal.sqlite"))
-            .args(args)
-            .env_remove("BARGE_CONFIG")
-            .env("BARGE_TEST_M2_KEY_ID", "moto-other")
+        let o = e
+            .cmd(args)
             .env("KEY_ONE", &k1)
             .env("KEY_TWO", &k2)
             .env("KEY_BAD", "not a key")

@@ -5,44 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use barge_engine::location::ConnRef;
 use barge_store::{ObjectAttrs, ObjectPath, Store};
 use common::*;
-
-struct Env {
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-fn env(tag: &str) -> Env {
-    let dir = temp_dir(tag);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, config_text()).expect("config");
-    Env { dir, config }
-}
-
-fn cmd(e: &Env, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_barge"));
-    c.arg("--config")
-        .arg(&e.config)
-        .arg("--journal")
-        .arg(e.dir.join("journal.sqlite"))
-        .args(args)
-        .env_remove("BARGE_CONFIG");
-    c
-}
-
-fn barge(e: &Env, args: &[&str]) -> Output {
-    cmd(e, args).output().expect("run barge")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// `barge sync ... --json`: the exit code and the report.
 fn sync_json(e: &Env, args: &[&str]) -> (Option<i32>, serde_json::Value) {
@@ -457,7 +426,8 @@ async fn kill_dash_nine_then_the_same_sync_continues_the_upload() {
         "16MiB",
         "--quiet",
     ];
-    let mut child = cmd(&e, &args)
+    let mut child = e
+        .cmd(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,29 +18,14 @@ use barge_store::{ObjectAttrs, ObjectPath, Store, StoreError};
 use bytes::Bytes;
 use common::*;
 
-struct Env {
-    dir: PathBuf,
-    config: PathBuf,
-}
-
 /// A config naming server A twice (`ga` by IP, `ga2` by `localhost`) and server B once.
 fn env(tag: &str) -> Env {
-    let dir = temp_dir(tag);
-    let config = dir.join("config.toml");
     let a = std::env::var("BARGE_TEST_A_ENDPOINT").unwrap_or_default();
     let alias = format!(
         "[connections.ga2]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id_env = \"BARGE_TEST_A_KEY_ID\"\nsecret_access_key_env = \"BARGE_TEST_A_SECRET\"\n",
         a.replace("127.0.0.1", "localhost")
     );
-    std::fs::write(&config, format!("{}{alias}", config_text())).expect("config");
-    Env { dir, config }
-}
-
-fn barge(e: &Env, args: &[&str]) -> Output {
-    barge_cmd(&e.config, &e.dir.join("journal.sqlite").to_string_lossy())
-        .args(args)
-        .output()
-        .expect("run barge")
+    Env::new(tag, &alias)
 }
 
 async fn ga() -> Arc<dyn Store> {

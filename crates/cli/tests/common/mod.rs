@@ -145,6 +145,47 @@ pub fn barge_cmd(config: &std::path::Path, journal: &str) -> std::process::Comma
     c
 }
 
+/// A test's own folder: a config file naming the test servers (and `extra` connections) and
+/// the SQLite journal of the commands it runs.
+pub struct Env {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Env {
+    pub fn new(tag: &str, extra: &str) -> Self {
+        let dir = temp_dir(tag);
+        let config = dir.join("config.toml");
+        std::fs::write(&config, format!("{}{extra}", config_text())).expect("config");
+        Env { dir, config }
+    }
+
+    /// The barge binary with this folder's config and journal, and `args`.
+    pub fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = barge_cmd(
+            &self.config,
+            &self.dir.join("journal.sqlite").to_string_lossy(),
+        );
+        c.args(args);
+        c
+    }
+}
+
+/// A folder with the test servers' config.
+pub fn env(tag: &str) -> Env {
+    Env::new(tag, "")
+}
+
+/// barge run to the end in `e`'s folder.
+pub fn barge(e: &Env, args: &[&str]) -> std::process::Output {
+    e.cmd(args).output().expect("run barge")
+}
+
+/// A finished command's standard error, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A finished command's standard output and error, as text.
 pub fn text(o: &std::process::Output) -> (String, String) {
     (
