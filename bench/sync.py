@@ -12,6 +12,7 @@ each second sync the destination is checked object by object against the source 
 are the MD5s of these single-part objects): a tool that skipped a change would fail here.
 Writes bench/results/sync.md.
 """
+import hashlib
 import os
 import random
 import statistics
@@ -95,7 +96,6 @@ def main():
                 got = etags("b", "dst", dests[t] + "/")
                 if want is None:
                     # The local tree's MD5s, as the single-part ETags are.
-                    import hashlib
                     want = {n: '"%s"' % hashlib.md5((tree / n).read_bytes()).hexdigest() for n in names}
                 wrong = sum(1 for n in names if got.get(n) != want.get(n))
                 if wrong:
