@@ -151,19 +151,22 @@ pub async fn sync_cmd(
             eprintln!("skipped {}: {}", s.path, s.reason);
         }
     }
-    let count = |what: Action| plan.decisions.iter().filter(|d| d.action == what).count();
-    let skipped = count(Action::Skip);
+    let skipped = plan
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Skip)
+        .count();
 
     if common.dry_run {
-        let refused = plan.deletes.len()
-            - barge_engine::sync::allowed_deletes(plan.deletes.len(), a.max_delete);
+        let allowed = barge_engine::sync::allowed_deletes(plan.deletes.len(), a.max_delete);
+        let refused = plan.deletes.len() - allowed;
         if common.json {
             out!(
                 "{}",
                 SyncReport {
                     copied: plan.copies.len(),
                     skipped,
-                    deleted: plan.deletes.len() - refused,
+                    deleted: allowed,
                     failed: 0,
                     not_deleted: &[],
                     dry_run: true,
@@ -188,7 +191,7 @@ pub async fn sync_cmd(
             eprintln!(
                 "dry run: {} to copy, {skipped} unchanged, {} to delete{}",
                 plan.copies.len(),
-                plan.deletes.len() - refused,
+                allowed,
                 if refused > 0 {
                     format!(
                         "; {refused} more without a source kept (--max-delete {})",
