@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SIZE="${DEMO_SIZE:-1GiB}"
 
-BARGE_TESTBED_PG=0 BARGE_TESTBED_MOTO=0 scripts/testbed.sh start
+BARGE_TESTBED_PG=0 BARGE_TESTBED_MOTO=0 BARGE_TESTBED_CLOUDS=0 scripts/testbed.sh start
 trap 'scripts/testbed.sh stop' EXIT
 # shellcheck disable=SC1091
 source .testbed/env

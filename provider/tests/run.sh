@@ -15,7 +15,7 @@ fi
 "$AF/bin/pip" install -q pytest -e provider
 cargo build --locked -p barge-cli
 if [[ -z "${BARGE_TEST_A_ENDPOINT:-}" ]]; then
-  BARGE_TESTBED_MOTO=0 scripts/testbed.sh start
+  BARGE_TESTBED_MOTO=0 BARGE_TESTBED_CLOUDS=0 scripts/testbed.sh start
   trap 'scripts/testbed.sh stop' EXIT
   # shellcheck disable=SC1091
   source .testbed/env

@@ -141,9 +141,14 @@ pub struct Ends<'a> {
 pub fn choose(size: u64, ends: &Ends<'_>, opts: &PlanOptions) -> Result<(Strategy, u64, u32)> {
     let caps = ends.dst_caps;
     let server = ends.same_service && ends.src_caps.server_side_copy && caps.server_side_copy;
-    if server {
+    // A store that copies no ranges (GCS's rewrite) copies a whole object of any size in one
+    // call; past its limit the bytes move through barge.
+    if server && !caps.copies_parts && size <= caps.max_single_copy {
+        return Ok((Strategy::ServerCopy, size.max(1), 1));
+    }
+    if server && caps.copies_parts {
         let ps = part_size_for(size, opts.copy_part_size.max(opts.part_size), caps)?;
-        if size <= ps.min(caps.max_single_put) {
+        if size <= ps.min(caps.max_single_copy) {
             return Ok((Strategy::ServerCopy, size.max(1), 1));
         }
         let n = size.div_ceil(ps) as u32;

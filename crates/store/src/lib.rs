@@ -9,9 +9,12 @@
 //! Every backend passes the same [`conformance`] suite.
 
 mod aligned;
+pub mod azure;
 pub mod checksum;
 pub mod conformance;
 mod error;
+pub mod gcs;
+mod http;
 pub mod local;
 pub mod memory;
 pub mod s3;
@@ -195,8 +198,13 @@ pub struct Capabilities {
     pub min_part_size: u64,
     pub max_part_size: u64,
     pub max_parts: u32,
-    /// The largest object a single PUT (or server-side whole-object copy) can write.
+    /// The largest object a single PUT can write.
     pub max_single_put: u64,
+    /// The largest object one server-side whole-object copy (`copy_object`) can write.
+    pub max_single_copy: u64,
+    /// `copy_part` copies byte ranges server-side (S3's UploadPartCopy). Without it, a
+    /// server-side copy is one `copy_object` of any size up to `max_single_copy`.
+    pub copies_parts: bool,
     /// The largest object the store accepts, if it says.
     pub max_object_size: Option<u64>,
     /// `list_parts` reports the parts an upload holds (a file cannot: the journal is the record).
@@ -222,6 +230,8 @@ impl Capabilities {
             max_part_size: 5 * GIB,
             max_parts: 10_000,
             max_single_put: 5 * GIB,
+            max_single_copy: 5 * GIB,
+            copies_parts: true,
             max_object_size: None,
             lists_parts: true,
             streams_parts: false,

@@ -46,6 +46,8 @@ impl LocalStore {
                 max_part_size: u64::MAX,
                 max_parts: 1_000_000,
                 max_single_put: u64::MAX,
+                max_single_copy: 0,
+                copies_parts: false,
                 max_object_size: None,
                 lists_parts: false,
                 streams_parts: true,
