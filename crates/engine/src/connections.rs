@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use barge_store::azure::{AzureConfig, AzureCredentials, AzureStore};
+use barge_store::gcs::{GcsConfig, GcsCredentials, GcsStore};
 use barge_store::local::LocalStore;
 use barge_store::s3::{CredentialSource, S3Config, S3Store, Secret, Sse, WriteOptions};
 use barge_store::{ChecksumMode, Store};
@@ -23,9 +25,22 @@ use crate::size::parse_size;
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
-    /// `s3` (the default) or `local`.
+    /// `s3` (the default), `gcs`, `azure` or `local`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// GCS: a credentials JSON file (service account, authorized user, external account)
+    /// instead of Application Default Credentials.
+    pub credentials_file: Option<PathBuf>,
+    /// GCS: send no credentials (an emulator, public buckets).
+    pub anonymous: Option<bool>,
+    /// Azure: the storage account (its endpoint is `https://ACCOUNT.blob.core.windows.net`
+    /// unless `endpoint` says otherwise).
+    pub account: Option<String>,
+    /// Azure: environment variables holding a connection string, an account key or a SAS token.
+    /// With none of them, Entra ID (service principal, workload or managed identity).
+    pub connection_string_env: Option<String>,
+    pub account_key_env: Option<String>,
+    pub sas_token_env: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     /// Address buckets as `endpoint/bucket` (most S3-compatible stores want this). Defaults to
@@ -246,12 +261,13 @@ impl ConfigFile {
                 });
             }
             if let Some(k) = &c.kind
-                && k != "s3"
-                && k != "local"
+                && !["s3", "gcs", "azure", "local"].contains(&k.as_str())
             {
                 return Err(EngineError::Config {
                     path: origin.to_string(),
-                    msg: format!("connection '{name}': kind '{k}' is not one of s3, local"),
+                    msg: format!(
+                        "connection '{name}': kind '{k}' is not one of s3, gcs, azure, local"
+                    ),
                 });
             }
             if let Some(m) = &c.checksum
@@ -288,16 +304,11 @@ impl ConfigFile {
     /// relative path from `dir`, the file's folder, not from wherever barge is started.
     pub fn resolve_paths(&mut self, dir: &Path) {
         for c in self.connections.values_mut() {
+            if let Some(p) = c.credentials_file.take() {
+                c.credentials_file = Some(file_path(p, dir));
+            }
             if let Some(p) = c.ca_bundle.take() {
-                let home = p
-                    .strip_prefix("~")
-                    .ok()
-                    .and_then(|rest| Some(dirs::home_dir()?.join(rest)));
-                c.ca_bundle = Some(match home {
-                    Some(h) => h,
-                    None if p.is_relative() && !p.as_os_str().is_empty() => dir.join(p),
-                    None => p,
-                });
+                c.ca_bundle = Some(file_path(p, dir));
             }
         }
     }
@@ -335,6 +346,72 @@ impl ConfigFile {
     }
 }
 
+/// A path as a config file means it: `~/` from the user's home, relative from the file's folder.
+fn file_path(p: PathBuf, dir: &Path) -> PathBuf {
+    let home = p
+        .strip_prefix("~")
+        .ok()
+        .and_then(|rest| Some(dirs::home_dir()?.join(rest)));
+    match home {
+        Some(h) => h,
+        None if p.is_relative() && !p.as_os_str().is_empty() => dir.join(p),
+        None => p,
+    }
+}
+
+/// A GCS connection's settings: `endpoint` (else `STORAGE_EMULATOR_HOST`, else Google's),
+/// `credentials_file` or `anonymous` (else Application Default Credentials; none for an
+/// emulator named by the environment).
+pub fn gcs_config(name: &str, c: &ConnectionConfig) -> Result<GcsConfig> {
+    let mut cfg = GcsConfig::from_env(name);
+    if let Some(ep) = &c.endpoint {
+        cfg.endpoint = ep.clone();
+        cfg.credentials = GcsCredentials::Default;
+    }
+    if let Some(f) = &c.credentials_file {
+        cfg.credentials = GcsCredentials::File(f.clone());
+    }
+    if c.anonymous == Some(true) {
+        cfg.credentials = GcsCredentials::Anonymous;
+    }
+    Ok(cfg)
+}
+
+/// An Azure connection: the standard environment (`AZURE_STORAGE_*`, then Entra ID) for `az://`,
+/// or a named connection's `account`, `endpoint` and the variable holding its connection
+/// string, key or SAS token (else Entra ID).
+pub fn azure_config(name: &str, c: Option<&ConnectionConfig>) -> Result<AzureConfig> {
+    let mut cfg = AzureConfig::from_env(name);
+    let Some(c) = c else {
+        return Ok(cfg);
+    };
+    cfg.account = c.account.clone().or(cfg.account);
+    cfg.endpoint = c.endpoint.clone();
+    let set = [
+        &c.connection_string_env,
+        &c.account_key_env,
+        &c.sas_token_env,
+    ]
+    .iter()
+    .filter(|v| v.is_some())
+    .count();
+    if set > 1 {
+        return Err(EngineError::Input(format!(
+            "connection '{name}': name one of connection_string_env, account_key_env, sas_token_env"
+        )));
+    }
+    cfg.credentials = if let Some(v) = &c.connection_string_env {
+        AzureCredentials::ConnectionString(Secret::new(env_var(name, v)?))
+    } else if let Some(v) = &c.account_key_env {
+        AzureCredentials::AccountKey(Secret::new(env_var(name, v)?))
+    } else if let Some(v) = &c.sas_token_env {
+        AzureCredentials::Sas(Secret::new(env_var(name, v)?))
+    } else {
+        AzureCredentials::EntraId
+    };
+    Ok(cfg)
+}
+
 fn env_var(conn: &str, var: &str) -> Result<String> {
     std::env::var(var).map_err(|_| {
         EngineError::Input(format!(
@@ -344,6 +421,10 @@ fn env_var(conn: &str, var: &str) -> Result<String> {
 }
 
 impl ConnectionConfig {
+    pub fn kind(&self) -> &str {
+        self.kind.as_deref().unwrap_or("s3")
+    }
+
     pub fn write_settings(&self) -> WriteSettings<'_> {
         WriteSettings {
             storage_class: self.storage_class.as_deref(),
@@ -528,7 +609,7 @@ impl Connections {
     pub fn is_local(&self, conn: &ConnRef) -> bool {
         match conn {
             ConnRef::Local => true,
-            ConnRef::Default => false,
+            ConnRef::Default | ConnRef::Gcs | ConnRef::Azure => false,
             ConnRef::Named(n) => self
                 .file
                 .connections
@@ -549,6 +630,8 @@ impl Connections {
             "local" => Ok(ConnRef::Local),
             _ if self.is_configured(id) => Ok(ConnRef::Named(id.to_string())),
             "" | "default" | "aws_default" | "s3" => Ok(ConnRef::Default),
+            "google_cloud_default" | "gs" | "gcs" => Ok(ConnRef::Gcs),
+            "azure_default" | "wasb_default" | "az" | "azure" => Ok(ConnRef::Azure),
             _ => Err(EngineError::Input(format!(
                 "connection id '{id}' is not configured (add [connections.{id}] to the config file, or define the Airflow connection in {}; configured: {})",
                 airflow::var_name(id),
@@ -571,8 +654,16 @@ impl Connections {
             ConnRef::Default => {
                 Arc::new(S3Store::connect(self.s3(default_config(&self.file)?)).await?)
             }
+            ConnRef::Gcs => Arc::new(GcsStore::connect(GcsConfig::from_env("gs")).await?),
+            ConnRef::Azure => Arc::new(AzureStore::connect(azure_config("az", None)?).await?),
             ConnRef::Named(name) => match self.file.connections.get(name) {
-                Some(c) if c.kind.as_deref() == Some("local") => Arc::new(LocalStore::new()),
+                Some(c) if c.kind() == "local" => Arc::new(LocalStore::new()),
+                Some(c) if c.kind() == "gcs" => {
+                    Arc::new(GcsStore::connect(gcs_config(name, c)?).await?)
+                }
+                Some(c) if c.kind() == "azure" => {
+                    Arc::new(AzureStore::connect(azure_config(name, Some(c))?).await?)
+                }
                 Some(c) => Arc::new(S3Store::connect(self.s3(s3_config(name, c)?)).await?),
                 None => {
                     let raw = airflow::lookup(name).ok_or_else(|| {

@@ -1,5 +1,6 @@
-//! Where an object lives: a connection and a path. Parsed from the three forms users type:
-//! `s3://bucket/key` (the default connection), `NAME:bucket/key` (a named connection, like
+//! Where an object lives: a connection and a path. Parsed from the forms users type:
+//! `s3://bucket/key`, `gs://bucket/key`, `az://container/blob` (each cloud's default
+//! connection, from its standard environment), `NAME:bucket/key` (a named connection, like
 //! rclone's `remote:path`), or a local path.
 
 use std::fmt;
@@ -18,6 +19,10 @@ pub enum ConnRef {
     Default,
     /// A connection named in the config file.
     Named(String),
+    /// Google Cloud Storage as its environment describes it (`gs://`).
+    Gcs,
+    /// Azure Blob Storage as its environment describes it (`az://`).
+    Azure,
 }
 
 impl fmt::Display for ConnRef {
@@ -26,6 +31,8 @@ impl fmt::Display for ConnRef {
             ConnRef::Local => f.write_str("local"),
             ConnRef::Default => f.write_str("default"),
             ConnRef::Named(n) => f.write_str(n),
+            ConnRef::Gcs => f.write_str("gs"),
+            ConnRef::Azure => f.write_str("az"),
         }
     }
 }
@@ -42,6 +49,8 @@ impl fmt::Display for Location {
             ConnRef::Local => write!(f, "{}", self.path.key),
             ConnRef::Default => write!(f, "s3://{}/{}", self.path.bucket, self.path.key),
             ConnRef::Named(n) => write!(f, "{n}:{}/{}", self.path.bucket, self.path.key),
+            ConnRef::Gcs => write!(f, "gs://{}/{}", self.path.bucket, self.path.key),
+            ConnRef::Azure => write!(f, "az://{}/{}", self.path.bucket, self.path.key),
         }
     }
 }
@@ -58,19 +67,25 @@ impl Location {
         if s.is_empty() {
             return Err(bad("empty location"));
         }
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad("no bucket: write s3://BUCKET/KEY"));
+        for (scheme, conn, form) in [
+            ("s3://", ConnRef::Default, "s3://BUCKET/KEY"),
+            ("gs://", ConnRef::Gcs, "gs://BUCKET/KEY"),
+            ("az://", ConnRef::Azure, "az://CONTAINER/BLOB"),
+        ] {
+            if let Some(rest) = s.strip_prefix(scheme) {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad(&format!("no bucket: write {form}")));
+                }
+                return Ok(Location {
+                    conn,
+                    path: ObjectPath::new(bucket, key),
+                });
             }
-            return Ok(Location {
-                conn: ConnRef::Default,
-                path: ObjectPath::new(bucket, key),
-            });
         }
         if s.contains("://") {
             return Err(bad(
-                "unknown scheme: use s3://BUCKET/KEY, NAME:BUCKET/KEY for a configured connection, or a local path",
+                "unknown scheme: use s3://BUCKET/KEY, gs://BUCKET/KEY, az://CONTAINER/BLOB, NAME:BUCKET/KEY for a configured connection, or a local path",
             ));
         }
         if !(s.starts_with('/') || s.starts_with('.'))
@@ -178,6 +193,10 @@ mod tests {
         );
         assert_eq!(parse("/tmp/d/").expect("folder").path.key, "/tmp/d/");
         assert_eq!(parse("s3://b").expect("bucket only").path.key, "");
+        let l = parse("gs://b/k/x").expect("gcs url");
+        assert_eq!((l.conn, l.path.key.as_str()), (ConnRef::Gcs, "k/x"));
+        let l = parse("az://c/d/y").expect("azure url");
+        assert_eq!((l.conn, l.path.bucket.as_str()), (ConnRef::Azure, "c"));
     }
 
     #[test]
@@ -187,11 +206,12 @@ mod tests {
         assert!(e.to_string().contains("AIRFLOW_CONN_NOPE"), "{e}");
         assert!(parse("s3:///k").is_err());
         assert!(
-            parse("gs://b/k")
+            parse("gcs://b/k")
                 .expect_err("scheme")
                 .to_string()
                 .contains("unknown scheme")
         );
+        assert!(parse("az:///k").is_err());
         assert!(parse("").is_err());
         assert!(parse("wasabi:/k").is_err());
     }

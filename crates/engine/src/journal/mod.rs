@@ -208,6 +208,8 @@ pub(crate) fn conn_to_str(c: &ConnRef) -> String {
     match c {
         ConnRef::Local => "@local".into(),
         ConnRef::Default => "@default".into(),
+        ConnRef::Gcs => "@gs".into(),
+        ConnRef::Azure => "@az".into(),
         ConnRef::Named(n) => n.clone(),
     }
 }
@@ -216,6 +218,8 @@ pub(crate) fn conn_from_str(s: &str) -> ConnRef {
     match s {
         "@local" => ConnRef::Local,
         "@default" => ConnRef::Default,
+        "@gs" => ConnRef::Gcs,
+        "@az" => ConnRef::Azure,
         n => ConnRef::Named(n.to_string()),
     }
 }
