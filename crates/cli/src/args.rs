@@ -278,7 +278,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// Where to look: s3://BUCKET/PREFIX, NAME:BUCKET/PREFIX or a local folder.
+    /// Where to look: s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, NAME:BUCKET/PREFIX or a local folder.
     pub prefix: String,
     /// Only uploads started longer ago than this (like 24h, 30m, 7d).
     #[arg(long, default_value = "24h", value_name = "AGE")]
