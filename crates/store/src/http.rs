@@ -5,9 +5,22 @@ use std::time::Duration;
 
 use crate::StoreError;
 
+/// A ranged read's answer holds exactly the bytes asked for; else the read is tried again.
+pub(crate) fn whole_range(store: &str, what: &str, got: usize, len: u64) -> Result<(), StoreError> {
+    if got as u64 == len {
+        return Ok(());
+    }
+    Err(StoreError::Transient {
+        store: store.to_string(),
+        op: "read".into(),
+        detail: format!("{what}: {got} bytes came for a range of {len}"),
+    })
+}
+
 /// A client with the connection's timeouts. No automatic decompression (reqwest is built without
 /// it): bytes are moved as stored, `Content-Encoding: gzip` objects included.
 pub(crate) fn client(
+    store: &str,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<reqwest::Client, StoreError> {
@@ -17,7 +30,7 @@ pub(crate) fn client(
         .pool_max_idle_per_host(256)
         .build()
         .map_err(|e| StoreError::Permanent {
-            store: String::new(),
+            store: store.to_string(),
             op: "setup of the HTTP client".into(),
             detail: e.to_string(),
         })
@@ -39,8 +52,9 @@ pub(crate) fn send_error(store: &str, op: &str, what: &str, e: &reqwest::Error) 
     }
 }
 
-/// An error answer, sorted: 404 (the caller says what was missing), 401/403, 412 (a pinned
-/// precondition failed), 408/429/5xx (retried), the rest permanent. `body` is the service's
+/// An error answer, sorted as S3's are (`s3/errors.rs`): 404 (the caller says what was
+/// missing), 401/403, 412 (a pinned precondition failed), 501 (the store lacks the call: never
+/// retried), 408/429/5xx (retried), the rest permanent. `body` is the service's
 /// message, cut short: it never carries credentials (they travel in headers).
 pub(crate) fn status_error(
     store: &str,
@@ -60,6 +74,10 @@ pub(crate) fn status_error(
         412 => StoreError::SourceChanged {
             store: store.to_string(),
             path: what.to_string(),
+        },
+        501 => StoreError::Unsupported {
+            store: store.to_string(),
+            what: format!("{op} ({detail})"),
         },
         429 | 503 => StoreError::Throttled {
             store: store.to_string(),

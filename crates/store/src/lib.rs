@@ -18,6 +18,7 @@ mod http;
 pub mod local;
 pub mod memory;
 pub mod s3;
+mod uploads;
 
 use std::collections::BTreeMap;
 use std::fmt;

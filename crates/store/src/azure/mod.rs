@@ -39,12 +39,11 @@ use auth::{Auth, SasSource, entra_credential, parse_connection_string};
 
 use crate::{
     Capabilities, ChecksumMode, Endpoint, Listing, MIB, ObjectAttrs, ObjectMeta, ObjectPath,
-    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Result, SkippedEntry, Store, StoreError,
-    TIB, UploadRef,
+    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Result, Store, StoreError, TIB,
+    UploadRef,
 };
 
-/// The folder (at the container's root) holding the openers of unfinished uploads.
-pub const UPLOADS: &str = ".barge-uploads/";
+pub use crate::uploads::UPLOADS;
 
 #[derive(Clone, Debug)]
 pub struct AzureConfig {
@@ -113,8 +112,12 @@ fn part_of(upload_id: &str, id: &[u8]) -> Option<u32> {
         .ok()
 }
 
-fn opener_name(up: &UploadRef) -> String {
-    format!("{UPLOADS}{}/{}", up.path.key, up.upload_id)
+/// The blob that opens an upload (`uploads.rs`).
+fn opener(up: &UploadRef) -> ObjectPath {
+    ObjectPath::new(
+        up.path.bucket.clone(),
+        format!("{UPLOADS}{}/{}", up.path.key, up.upload_id),
+    )
 }
 
 /// Azure metadata names are C# identifiers.
@@ -531,12 +534,8 @@ impl Store for AzureStore {
             let Some(name) = item.name.clone() else {
                 continue;
             };
-            if name.starts_with(UPLOADS) {
-                listing.skipped.push(SkippedEntry {
-                    path: format!("{bucket}/{name}"),
-                    reason: "the opener of an unfinished barge upload (barge cleanup removes it)"
-                        .into(),
-                });
+            if let Some(skip) = crate::uploads::passed_over(bucket, &name) {
+                listing.skipped.push(skip);
                 continue;
             }
             let p = item.properties.unwrap_or_default();
@@ -605,13 +604,7 @@ impl Store for AzureStore {
             .collect()
             .await
             .map_err(|e| self.map(e, "read", &what))?;
-        if data.len() as u64 != len {
-            return Err(StoreError::Transient {
-                store: self.name.clone(),
-                op: "read".into(),
-                detail: format!("{what}: {} bytes came for a range of {len}", data.len()),
-            });
-        }
+        crate::http::whole_range(&self.name, &what, data.len(), len)?;
         Ok(data)
     }
 
@@ -642,10 +635,7 @@ impl Store for AzureStore {
             path: path.clone(),
             upload_id: uuid::Uuid::new_v4().simple().to_string(),
         };
-        let opener = ObjectPath::new(path.bucket.clone(), opener_name(&up));
-        let body = Bytes::from(serde_json::to_vec(attrs).unwrap_or_default());
-        self.put(&opener, body, &ObjectAttrs::default(), None)
-            .await?;
+        crate::uploads::write_opener(self, &opener(&up), attrs).await?;
         Ok(up)
     }
 
@@ -674,18 +664,8 @@ impl Store for AzureStore {
         upload: &UploadRef,
         parts: &[PartReceipt],
     ) -> Result<PutReceipt> {
-        let opener = ObjectPath::new(upload.path.bucket.clone(), opener_name(upload));
-        let attrs: ObjectAttrs = match self.get(&opener, &Pin::default()).await {
-            Ok((_, body)) => serde_json::from_slice(&body).unwrap_or_default(),
-            Err(StoreError::NotFound { .. }) => {
-                return Err(StoreError::NoSuchUpload {
-                    store: self.name.clone(),
-                    path: upload.path.to_string(),
-                    upload_id: upload.upload_id.clone(),
-                });
-            }
-            Err(e) => return Err(e),
-        };
+        let opener = opener(upload);
+        let attrs = crate::uploads::read_opener(self, &opener, upload).await?;
         let blocks = parts
             .iter()
             .map(|r| block_id(&upload.upload_id, r.number))
@@ -728,16 +708,14 @@ impl Store for AzureStore {
             Ok(_) => {}
             Err(e) => return Err(e),
         }
-        let opener = ObjectPath::new(upload.path.bucket.clone(), opener_name(upload));
-        match self.delete(&opener, None).await {
+        match self.delete(&opener(upload), None).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn list_parts(&self, upload: &UploadRef) -> Result<Vec<PartReceipt>> {
-        let opener = ObjectPath::new(upload.path.bucket.clone(), opener_name(upload));
-        if let Err(StoreError::NotFound { .. }) = self.head(&opener).await {
+        if let Err(StoreError::NotFound { .. }) = self.head(&opener(upload)).await {
             return Err(StoreError::NoSuchUpload {
                 store: self.name.clone(),
                 path: upload.path.to_string(),

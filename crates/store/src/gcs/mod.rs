@@ -24,13 +24,12 @@ use serde_json::{Value, json};
 use crate::checksum::{crc32c_b64, crc32c_from_b64};
 use crate::http::{send_error, status_error};
 use crate::{
-    Capabilities, ChecksumMode, Endpoint, GIB, Listing, MIB, ObjectAttrs, ObjectMeta, ObjectPath,
-    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Result, SkippedEntry, Store, StoreError,
-    TIB, UploadRef,
+    Capabilities, ChecksumMode, Endpoint, Listing, ObjectAttrs, ObjectMeta, ObjectPath,
+    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Result, Store, StoreError, TIB,
+    UploadRef,
 };
 
-/// The folder (at the bucket's root) holding the parts of unfinished uploads.
-pub const UPLOADS: &str = ".barge-uploads/";
+pub use crate::uploads::UPLOADS;
 /// Sources per compose call: GCS's limit.
 const COMPOSE_MAX: usize = 32;
 
@@ -202,10 +201,9 @@ fn temp_folder(up: &UploadRef) -> String {
     format!("{UPLOADS}{}/{}/", up.path.key, up.upload_id)
 }
 
-/// The small object that opens an upload: the destination's attributes, set when the parts are
-/// composed, so that any worker holding the journal's upload id can complete it.
-fn opener_name(up: &UploadRef) -> String {
-    format!("{}upload", temp_folder(up))
+/// The object that opens an upload (`uploads.rs`).
+fn opener(up: &UploadRef) -> ObjectPath {
+    ObjectPath::new(up.path.bucket.clone(), format!("{}upload", temp_folder(up)))
 }
 
 fn part_name(up: &UploadRef, n: u32) -> String {
@@ -214,13 +212,7 @@ fn part_name(up: &UploadRef, n: u32) -> String {
 
 impl GcsStore {
     pub async fn connect(cfg: GcsConfig) -> Result<Self> {
-        let http = crate::http::client(cfg.connect_timeout, cfg.read_timeout).map_err(|e| {
-            StoreError::Permanent {
-                store: cfg.name.clone(),
-                op: "connect".into(),
-                detail: e.to_string(),
-            }
-        })?;
+        let http = crate::http::client(&cfg.name, cfg.connect_timeout, cfg.read_timeout)?;
         let auth_err = |e: String| StoreError::AccessDenied {
             store: cfg.name.clone(),
             what: "Google credentials".into(),
@@ -273,20 +265,12 @@ impl GcsStore {
             endpoint,
             http,
             auth,
+            // S3's part limits (barge's choice for composite parts); a rewrite copies any size.
             caps: Capabilities {
-                server_side_copy: true,
-                part_checksums: true,
-                versions: true,
-                metadata: true,
-                min_part_size: 5 * MIB,
-                max_part_size: 5 * GIB,
-                max_parts: 10_000,
-                max_single_put: 5 * GIB,
                 max_single_copy: 5 * TIB,
                 copies_parts: false,
                 max_object_size: Some(5 * TIB),
-                lists_parts: true,
-                streams_parts: false,
+                ..Capabilities::s3()
             },
         })
     }
@@ -366,6 +350,18 @@ impl GcsStore {
             });
         }
         Ok(now.version_id)
+    }
+
+    /// What a 404 for a pinned generation means: the source changed if the key still holds
+    /// another generation, else whatever the stat says (gone).
+    async fn gone_or_changed(&self, path: &ObjectPath) -> StoreError {
+        match self.head(path).await {
+            Ok(_) => StoreError::SourceChanged {
+                store: self.name.clone(),
+                path: path.to_string(),
+            },
+            Err(e) => e,
+        }
     }
 
     fn not_found(&self, p: &ObjectPath) -> StoreError {
@@ -568,15 +564,10 @@ impl Store for GcsStore {
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Listing> {
         let mut listing = Listing::default();
         for o in self.list_objects(bucket, prefix).await? {
-            if o.name.starts_with(UPLOADS) {
-                listing.skipped.push(SkippedEntry {
-                    path: format!("{bucket}/{}", o.name),
-                    reason: "a part of an unfinished barge upload (barge cleanup removes it)"
-                        .into(),
-                });
-                continue;
+            match crate::uploads::passed_over(bucket, &o.name) {
+                Some(skip) => listing.skipped.push(skip),
+                None => listing.objects.push(o.meta(bucket)),
             }
-            listing.objects.push(o.meta(bucket));
         }
         Ok(listing)
     }
@@ -620,14 +611,7 @@ impl Store for GcsStore {
         let pinned = generation.is_some();
         let resp = match self.send(rb, "read", &what, || self.not_found(path)).await {
             Err(StoreError::NotFound { .. }) if pinned => {
-                // The pinned generation is gone: changed if the key still holds another.
-                return Err(match self.head(path).await {
-                    Ok(_) => StoreError::SourceChanged {
-                        store: self.name.clone(),
-                        path: what,
-                    },
-                    Err(e) => e,
-                });
+                return Err(self.gone_or_changed(path).await);
             }
             r => r?,
         };
@@ -635,13 +619,7 @@ impl Store for GcsStore {
             .bytes()
             .await
             .map_err(|e| send_error(&self.name, "read", &what, &e))?;
-        if data.len() as u64 != len {
-            return Err(StoreError::Transient {
-                store: self.name.clone(),
-                op: "read".into(),
-                detail: format!("{what}: {} bytes came for a range of {len}", data.len()),
-            });
-        }
+        crate::http::whole_range(&self.name, &what, data.len(), len)?;
         Ok(data)
     }
 
@@ -706,13 +684,7 @@ impl Store for GcsStore {
                 .await
             {
                 Err(StoreError::NotFound { .. }) if generation.is_some() => {
-                    return Err(match self.head(src).await {
-                        Ok(_) => StoreError::SourceChanged {
-                            store: self.name.clone(),
-                            path: src.to_string(),
-                        },
-                        Err(e) => e,
-                    });
+                    return Err(self.gone_or_changed(src).await);
                 }
                 r => r?,
             };
@@ -746,14 +718,7 @@ impl Store for GcsStore {
             path: path.clone(),
             upload_id: uuid::Uuid::new_v4().simple().to_string(),
         };
-        let opener = ObjectPath::new(path.bucket.clone(), opener_name(&up));
-        let body = Bytes::from(serde_json::to_vec(attrs).unwrap_or_default());
-        let crc = crate::checksum::crc32c(&body);
-        let json_type = ObjectAttrs {
-            content_type: Some("application/json".into()),
-            ..Default::default()
-        };
-        self.write(&opener, body, &json_type, Some(crc)).await?;
+        crate::uploads::write_opener(self, &opener(&up), attrs).await?;
         Ok(up)
     }
 
@@ -784,18 +749,7 @@ impl Store for GcsStore {
         parts: &[PartReceipt],
     ) -> Result<PutReceipt> {
         let bucket = &upload.path.bucket;
-        let opener = ObjectPath::new(bucket.clone(), opener_name(upload));
-        let attrs: ObjectAttrs = match self.get(&opener, &Pin::default()).await {
-            Ok((_, body)) => serde_json::from_slice(&body).unwrap_or_default(),
-            Err(StoreError::NotFound { .. }) => {
-                return Err(StoreError::NoSuchUpload {
-                    store: self.name.clone(),
-                    path: upload.path.to_string(),
-                    upload_id: upload.upload_id.clone(),
-                });
-            }
-            Err(e) => return Err(e),
-        };
+        let attrs = crate::uploads::read_opener(self, &opener(upload), upload).await?;
         let folder = temp_folder(upload);
         let mut sources: Vec<(String, Option<String>)> = parts
             .iter()
@@ -848,9 +802,10 @@ impl Store for GcsStore {
     async fn list_parts(&self, upload: &UploadRef) -> Result<Vec<PartReceipt>> {
         let folder = temp_folder(upload);
         let mut out = Vec::new();
+        let opener = opener(upload);
         let mut open = false;
         for o in self.list_objects(&upload.path.bucket, &folder).await? {
-            open |= o.name == opener_name(upload);
+            open |= o.name == opener.key;
             let Some(n) = o
                 .name
                 .strip_prefix(&folder)
