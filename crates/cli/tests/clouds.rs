@@ -185,6 +185,48 @@ async fn local_to_gcs_to_azure_to_s3_and_back_byte_identical() {
         sha256(&files[2].1)
     );
 
+    // Within one Azure account (two connections, one with the connection string, one with the
+    // account key): Copy Blob, no byte through barge; a prefix copy keeps each blob's
+    // attributes, a single copy sets the planned ones.
+    let v = ok(&barge(
+        &e,
+        &[
+            "cp",
+            "-r",
+            &format!("azure:{container}/{p}sub/"),
+            &format!("azkey:{container}/{p}azcopy/"),
+            "--json",
+        ],
+    ));
+    assert_eq!(v["files_ok"], 1, "{v}");
+    assert_eq!(v["bytes_through_client"], 0, "{v}");
+    assert_eq!(
+        sha256(&read(az.as_ref(), &container, &format!("{p}azcopy/big.bin")).await),
+        sha256(&files[2].1)
+    );
+    let v = ok(&barge(
+        &e,
+        &[
+            "cp",
+            &format!("azure:{container}/{meta_key}"),
+            &format!("azkey:{container}/{p}azcopy/meta.txt"),
+            "--json",
+        ],
+    ));
+    assert_eq!(v["bytes_through_client"], 0, "{v}");
+    let copied = az
+        .head(&barge_store::ObjectPath::new(
+            container.clone(),
+            format!("{p}azcopy/meta.txt"),
+        ))
+        .await
+        .expect("head copy");
+    assert_eq!(copied.attrs, m.attrs, "attributes kept within Azure");
+    assert_eq!(
+        read(az.as_ref(), &container, &format!("{p}azcopy/meta.txt")).await,
+        read(az.as_ref(), &container, &meta_key).await
+    );
+
     // A move from Azure deletes exactly the copied source.
     let moved = format!("{p}small.txt");
     ok(&barge(

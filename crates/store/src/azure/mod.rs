@@ -7,7 +7,9 @@
 //! `.barge-uploads/KEY/ID` until the commit (uncommitted blocks hold none), so any worker can
 //! complete the upload; `list_uploads` finds openers an interrupted run left.
 //!
-//! Reads and deletes are pinned by ETag (and version id where the account keeps versions).
+//! Within one account a copy is the service's Copy Blob (any size, no byte through barge).
+//!
+//! Reads, copies and deletes are pinned by ETag (and version id where the account keeps versions).
 //! Metadata names must be identifiers on Azure: barge's own keys (`barge-...`) are stored with
 //! `_` for `-` and read back as written; any other key Azure cannot hold is left out with a
 //! warning naming the file.
@@ -22,9 +24,11 @@ use async_trait::async_trait;
 use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Url};
 use azure_storage_blob::models::{
     BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesOptions,
-    BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
+    BlobClientGetPropertiesResultHeaders, BlobClientSetMetadataOptions,
+    BlobClientSetPropertiesOptions, BlobClientStartCopyFromUrlOptions,
+    BlobClientStartCopyFromUrlResultHeaders, BlobContainerClientListBlobsOptions,
     BlockBlobClientCommitBlockListOptions, BlockBlobClientStageBlockOptions, BlockListType,
-    BlockLookupList, HttpRange,
+    BlockLookupList, CopyStatus, HttpRange,
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
@@ -39,11 +43,13 @@ use auth::{Auth, SasSource, entra_credential, parse_connection_string};
 
 use crate::{
     Capabilities, ChecksumMode, Endpoint, Listing, MIB, ObjectAttrs, ObjectMeta, ObjectPath,
-    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Result, Store, StoreError, TIB,
-    UploadRef,
+    PartReceipt, PartSpec, PendingUpload, Pin, PutReceipt, Result, Store, StoreError, UploadRef,
 };
 
 pub use crate::uploads::UPLOADS;
+
+/// The largest block blob: 50,000 blocks of 4,000 MiB.
+const MAX_BLOB: u64 = 50_000 * 4000 * MIB;
 
 #[derive(Clone, Debug)]
 pub struct AzureConfig {
@@ -234,13 +240,20 @@ impl AzureStore {
                 });
             }
         };
+        // Who the copies within the account act as: any account key can read every blob of
+        // the account; a SAS only what it grants, so it counts as its connection's own.
+        let who = match &auth {
+            Auth::Token(_) => "entra".to_string(),
+            Auth::Sas(SasSource::Fixed(_)) => format!("sas:{name}"),
+            Auth::Sas(SasSource::Key { .. }) => "key".to_string(),
+        };
         Ok(Self {
-            identity: format!("azure|{endpoint}"),
+            identity: format!("azure|{endpoint}|{who}"),
             name,
             endpoint,
             auth,
             caps: Capabilities {
-                server_side_copy: false,
+                server_side_copy: true,
                 part_checksums: true,
                 versions: false,
                 metadata: true,
@@ -248,9 +261,9 @@ impl AzureStore {
                 max_part_size: 4000 * MIB,
                 max_parts: 50_000,
                 max_single_put: 4000 * MIB,
-                max_single_copy: 0,
+                max_single_copy: MAX_BLOB,
                 copies_parts: false,
-                max_object_size: Some(190 * TIB + 7 * (TIB / 10)),
+                max_object_size: Some(MAX_BLOB),
                 lists_parts: true,
                 streams_parts: false,
             },
@@ -331,7 +344,10 @@ impl AzureStore {
                 path: what.to_string(),
             },
             Some(412) | Some(409)
-                if code == "ConditionNotMet" || code == "TargetConditionNotMet" =>
+                if matches!(
+                    code.as_str(),
+                    "ConditionNotMet" | "SourceConditionNotMet" | "TargetConditionNotMet"
+                ) =>
             {
                 StoreError::SourceChanged {
                     store: self.name.clone(),
@@ -414,6 +430,90 @@ impl AzureStore {
             version_id: None,
             crc32c: None,
         })
+    }
+
+    /// Wait for a pending Copy Blob to end; its ETag once it succeeded.
+    async fn copy_done(&self, dst: &ObjectPath, id: Option<&str>) -> Result<Option<String>> {
+        let what = dst.to_string();
+        let client = self.blob(dst)?;
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            let p = client
+                .get_properties(None)
+                .await
+                .map_err(|e| self.map(e, "server-side copy", &what))?;
+            let bad = |e: azure_core::Error| self.map(e, "server-side copy", &what);
+            if p.copy_id().map_err(bad)?.as_deref() != id {
+                return Err(StoreError::Transient {
+                    store: self.name.clone(),
+                    op: "server-side copy".into(),
+                    detail: format!("{what}: another copy or write replaced this one"),
+                });
+            }
+            match p.copy_status().map_err(bad)? {
+                Some(CopyStatus::Pending) => continue,
+                Some(CopyStatus::Success) | None => return Ok(p.etag().map_err(bad)?.map(quoted)),
+                Some(s) => {
+                    return Err(StoreError::Transient {
+                        store: self.name.clone(),
+                        op: "server-side copy".into(),
+                        detail: format!(
+                            "{what}: the service's copy ended {s}: {}",
+                            scrub(
+                                &p.copy_status_description()
+                                    .map_err(bad)?
+                                    .unwrap_or_default()
+                            )
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Set a blob's content headers (all of them: absent ones are cleared) and, where a copy
+    /// brought the source's, its metadata, only while it is the blob at `etag`.
+    async fn set_attrs(
+        &self,
+        path: &ObjectPath,
+        attrs: &ObjectAttrs,
+        etag: Option<String>,
+    ) -> Result<Option<String>> {
+        let what = path.to_string();
+        let client = self.blob(path)?;
+        let mut etag = etag;
+        if attrs.user_metadata.is_empty() {
+            let opts = BlobClientSetMetadataOptions {
+                if_match: etag.clone().map(Into::into),
+                ..Default::default()
+            };
+            let r = client
+                .set_metadata(&HashMap::new(), Some(opts))
+                .await
+                .map_err(|e| self.map(e, "metadata", &what))?;
+            etag = r
+                .headers()
+                .get_optional_string(&azure_core::http::headers::ETAG)
+                .map(quoted);
+        }
+        let opts = BlobClientSetPropertiesOptions {
+            blob_content_type: attrs.content_type.clone(),
+            blob_cache_control: attrs.cache_control.clone(),
+            blob_content_disposition: attrs.content_disposition.clone(),
+            blob_content_encoding: attrs.content_encoding.clone(),
+            blob_content_language: attrs.content_language.clone(),
+            if_match: etag.map(Into::into),
+            ..Default::default()
+        };
+        let r = client
+            .set_properties(Some(opts))
+            .await
+            .map_err(|e| self.map(e, "metadata", &what))?;
+        Ok(r.headers()
+            .get_optional_string(&azure_core::http::headers::ETAG)
+            .map(quoted))
     }
 
     /// Stage one block with its MD5 (which the service checks). Azure keeps no CRC32C, so the
@@ -788,6 +888,51 @@ impl Store for AzureStore {
             .await
             .map_err(|e| self.map(e, "delete", &what))?;
         Ok(())
+    }
+
+    /// Copy Blob within the account: the service copies any size itself (within one account it
+    /// completes at once; a copy the service reports pending is waited for). The source is
+    /// pinned by `x-ms-source-if-match` (and its version id). Copy Blob keeps the source's
+    /// content headers and metadata; where `attrs` are given they are set on the copy after.
+    async fn copy_object(
+        &self,
+        src: &ObjectPath,
+        pin: &Pin,
+        dst: &ObjectPath,
+        attrs: Option<&ObjectAttrs>,
+    ) -> Result<PutReceipt> {
+        let what = src.to_string();
+        let mut source = self.url(&src.bucket, Some(&src.key))?;
+        if let Some(v) = pin.version_id.as_deref().filter(|v| !v.is_empty()) {
+            source.query_pairs_mut().append_pair("versionid", v);
+        }
+        let opts = BlobClientStartCopyFromUrlOptions {
+            source_if_match: pin.etag.clone().map(Into::into),
+            metadata: attrs
+                .map(|a| to_azure(dst, &a.user_metadata))
+                .filter(|m| !m.is_empty()),
+            ..Default::default()
+        };
+        let client = self.blob(dst)?;
+        let resp = client
+            .start_copy_from_url(source.to_string(), Some(opts))
+            .await
+            .map_err(|e| self.map(e, "server-side copy", &what))?;
+        let bad = |e: azure_core::Error| self.map(e, "server-side copy", &what);
+        let mut etag = resp.etag().map_err(bad)?.map(quoted);
+        let version_id = resp.version_id().map_err(bad)?;
+        if resp.copy_status().map_err(bad)? != Some(CopyStatus::Success) {
+            let id = resp.copy_id().map_err(bad)?;
+            etag = self.copy_done(dst, id.as_deref()).await?;
+        }
+        if let Some(a) = attrs {
+            etag = self.set_attrs(dst, a, etag).await?;
+        }
+        Ok(PutReceipt {
+            etag,
+            version_id,
+            crc32c: None,
+        })
     }
 
     /// Only while the blob still holds the pinned ETag: sent as `If-Match`.
