@@ -270,6 +270,23 @@ impl ConfigFile {
                     ),
                 });
             }
+            let foreign = c.settings_foreign_to_kind();
+            if !foreign.is_empty() {
+                let (verb, what) = if foreign.len() == 1 {
+                    ("is not a setting", "it")
+                } else {
+                    ("are not settings", "them")
+                };
+                return Err(EngineError::Config {
+                    path: origin.to_string(),
+                    msg: format!(
+                        "connection '{name}': {} {verb} of kind {}, which takes {}: remove {what}",
+                        list_and(&foreign),
+                        c.kind(),
+                        c.settings_of_kind().join(", "),
+                    ),
+                });
+            }
             if let Some(m) = &c.checksum
                 && m != "crc32c"
                 && m != "crc64nvme"
@@ -420,9 +437,104 @@ fn env_var(conn: &str, var: &str) -> Result<String> {
     })
 }
 
+/// `a`, `a and b`, `a, b and c`.
+fn list_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The settings only some kinds take. A setting a kind does not use is refused rather than
+/// ignored: `sse` on an Azure connection would otherwise look like encryption barge asked for.
+const GCS_SETTINGS: &[&str] = &["credentials_file", "anonymous"];
+const AZURE_SETTINGS: &[&str] = &[
+    "account",
+    "connection_string_env",
+    "account_key_env",
+    "sas_token_env",
+];
+/// What every kind that talks HTTP takes.
+const HTTP_SETTINGS: &[&str] = &["endpoint", "read_timeout", "connect_timeout", "ca_bundle"];
+
 impl ConnectionConfig {
     pub fn kind(&self) -> &str {
         self.kind.as_deref().unwrap_or("s3")
+    }
+
+    /// The settings this connection gives, by name.
+    fn settings_given(&self) -> Vec<&'static str> {
+        let given: [(&'static str, bool); 27] = [
+            ("credentials_file", self.credentials_file.is_some()),
+            ("anonymous", self.anonymous.is_some()),
+            ("account", self.account.is_some()),
+            (
+                "connection_string_env",
+                self.connection_string_env.is_some(),
+            ),
+            ("account_key_env", self.account_key_env.is_some()),
+            ("sas_token_env", self.sas_token_env.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+            ("path_style", self.path_style.is_some()),
+            ("access_key_id_env", self.access_key_id_env.is_some()),
+            (
+                "secret_access_key_env",
+                self.secret_access_key_env.is_some(),
+            ),
+            ("session_token_env", self.session_token_env.is_some()),
+            ("profile", self.profile.is_some()),
+            ("checksum", self.checksum.is_some()),
+            ("max_object_size", self.max_object_size.is_some()),
+            ("read_timeout", self.read_timeout.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("ca_bundle", self.ca_bundle.is_some()),
+            ("storage_class", self.storage_class.is_some()),
+            ("sse", self.sse.is_some()),
+            ("sse_kms_key_id", self.sse_kms_key_id.is_some()),
+            ("sse_kms_context", self.sse_kms_context.is_some()),
+            ("acl", self.acl.is_some()),
+            ("tags", self.tags.is_some()),
+            ("requester_pays", self.requester_pays.is_some()),
+            ("checksum_type", self.checksum_type.is_some()),
+            ("sse_c_key_env", self.sse_c_key_env.is_some()),
+        ];
+        given
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// The settings this connection's kind takes (besides `kind`).
+    fn settings_of_kind(&self) -> Vec<&'static str> {
+        match self.kind() {
+            "local" => vec!["no other setting"],
+            "gcs" => [HTTP_SETTINGS, GCS_SETTINGS].concat(),
+            "azure" => [HTTP_SETTINGS, AZURE_SETTINGS].concat(),
+            _ => vec!["the S3 settings the README lists"],
+        }
+    }
+
+    /// The settings given that this connection's kind does not use.
+    fn settings_foreign_to_kind(&self) -> Vec<&'static str> {
+        let given = self.settings_given();
+        match self.kind() {
+            "local" => given,
+            "gcs" => given
+                .into_iter()
+                .filter(|k| !HTTP_SETTINGS.contains(k) && !GCS_SETTINGS.contains(k))
+                .collect(),
+            "azure" => given
+                .into_iter()
+                .filter(|k| !HTTP_SETTINGS.contains(k) && !AZURE_SETTINGS.contains(k))
+                .collect(),
+            _ => given
+                .into_iter()
+                .filter(|k| GCS_SETTINGS.contains(k) || AZURE_SETTINGS.contains(k))
+                .collect(),
+        }
     }
 
     pub fn write_settings(&self) -> WriteSettings<'_> {
@@ -682,6 +794,39 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setting_the_kind_does_not_use_is_refused() {
+        let err = |text: &str| {
+            ConfigFile::parse(text, "test")
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = err("[connections.az]\nkind = \"azure\"\naccount = \"a\"\nsse = \"aws:kms\"\n");
+        assert!(
+            e.contains("connection 'az': sse is not a setting of kind azure, which takes endpoint, read_timeout, connect_timeout, ca_bundle, account, connection_string_env, account_key_env, sas_token_env: remove it"),
+            "{e}"
+        );
+        let e = err("[connections.g]\nkind = \"gcs\"\nregion = \"eu\"\nstorage_class = \"COLD\"\n");
+        assert!(
+            e.contains("region and storage_class are not settings of kind gcs"),
+            "{e}"
+        );
+        let e = err("[connections.s]\nendpoint = \"http://x\"\naccount_key_env = \"K\"\n");
+        assert!(
+            e.contains("account_key_env is not a setting of kind s3"),
+            "{e}"
+        );
+        let e = err("[connections.l]\nkind = \"local\"\nendpoint = \"http://x\"\n");
+        assert!(e.contains("endpoint is not a setting of kind local"), "{e}");
+        // What each kind does take passes.
+        ConfigFile::parse(
+            "[connections.g]\nkind = \"gcs\"\nendpoint = \"http://x\"\nanonymous = true\nread_timeout = \"5s\"\nca_bundle = \"ca.pem\"\n\n\
+             [connections.az]\nkind = \"azure\"\naccount = \"a\"\naccount_key_env = \"K\"\nconnect_timeout = \"2s\"\n",
+            "test",
+        )
+        .expect("valid");
+    }
 
     #[test]
     fn parses_a_connection() {
