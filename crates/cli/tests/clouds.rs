@@ -49,6 +49,7 @@ async fn clouds(tag: &str) -> (Arc<GcsStore>, String, Arc<AzureStore>, String) {
         credentials: AzureCredentials::ConnectionString(Secret::new(var(
             "BARGE_TEST_AZ_CONNECTION_STRING",
         ))),
+        http: Default::default(),
     })
     .await
     .expect("azure");
@@ -456,5 +457,111 @@ async fn two_workers_move_one_gcs_object_to_azure() {
         sha256(&body)
     );
     assert_no_uploads(az.as_ref(), &container, "").await;
+    std::fs::remove_dir_all(&e.dir).ok();
+}
+
+/// GCS and Azure over HTTPS whose certificate a private CA signed (a TLS front before each
+/// emulator): barge copies through both when the connection names the CA (`ca_bundle`, relative
+/// to the config file), and without it stops at once with the fix, retrying nothing and
+/// writing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_a_private_ca_on_gcs_and_azure() {
+    let (gcs, bucket, az, container) = clouds("tls").await;
+    let gcs_front = barge_faultproxy::TlsFront::start(upstream("GCS"))
+        .await
+        .expect("TLS front for GCS");
+    let az_addr: std::net::SocketAddr = var("BARGE_TEST_AZ_ENDPOINT")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .expect("Azurite's address");
+    let az_front = barge_faultproxy::TlsFront::start(az_addr)
+        .await
+        .expect("TLS front for Azurite");
+    let conns = |trusted: bool| {
+        let bundle = |file: &str| {
+            if trusted {
+                format!("ca_bundle = \"{file}\"\n")
+            } else {
+                String::new()
+            }
+        };
+        let tag = if trusted { "t" } else { "n" };
+        format!(
+            "[connections.g{tag}]\nkind = \"gcs\"\nendpoint = \"https://{}\"\nanonymous = true\n{}\n\
+             [connections.a{tag}]\nkind = \"azure\"\nendpoint = \"https://{}/{}\"\naccount = \"{}\"\naccount_key_env = \"BARGE_TEST_AZ_KEY\"\n{}\n",
+            gcs_front.addr,
+            bundle("gcs-ca.pem"),
+            az_front.addr,
+            var("BARGE_TEST_AZ_ACCOUNT"),
+            var("BARGE_TEST_AZ_ACCOUNT"),
+            bundle("azure-ca.pem"),
+        )
+    };
+    let e = Env::new("clouds-tls", &(conns(true) + &conns(false)));
+    std::fs::write(e.dir.join("gcs-ca.pem"), &gcs_front.ca_pem).expect("CA file");
+    std::fs::write(e.dir.join("azure-ca.pem"), &az_front.ca_pem).expect("CA file");
+    let p = prefix("tls");
+    let body = data(6 * MIB + 5, 61);
+    let file = e.dir.join("big.bin");
+    std::fs::write(&file, &body).expect("write");
+    let back = e.dir.join("back.bin");
+    let gs = format!("gt:{bucket}/{p}big.bin");
+    let azp = format!("at:{container}/{p}big.bin");
+    for (from, to) in [
+        (file.to_string_lossy().to_string(), gs.clone()),
+        (gs.clone(), azp.clone()),
+        (azp.clone(), back.to_string_lossy().to_string()),
+    ] {
+        let o = barge(&e, &["cp", &from, &to, "--part-size", "5MiB"]);
+        assert_eq!(o.status.code(), Some(0), "{from} -> {to}: {}", stderr(&o));
+    }
+    assert_eq!(
+        sha256(&std::fs::read(&back).expect("read back")),
+        sha256(&body)
+    );
+    assert_eq!(
+        sha256(&read(az.as_ref(), &container, &format!("{p}big.bin")).await),
+        sha256(&body)
+    );
+    // Trusting only the system's authorities: refused at once, with what to do.
+    for (conn, store, bucket) in [
+        ("gn", gcs.as_ref() as &dyn Store, bucket.as_str()),
+        ("an", az.as_ref() as &dyn Store, container.as_str()),
+    ] {
+        let key = format!("{p}untrusted/{conn}.bin");
+        let o = barge(
+            &e,
+            &[
+                "cp",
+                &file.to_string_lossy(),
+                &format!("{conn}:{bucket}/{key}"),
+                "--part-size",
+                "5MiB",
+            ],
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{conn}: {err}");
+        assert!(
+            err.contains(&format!("{conn}: "))
+                && err.contains("invalid peer certificate")
+                && err.contains("name its PEM file as ca_bundle"),
+            "{conn}: {err}"
+        );
+        assert!(
+            !err.contains("retry 1/"),
+            "{conn}: a TLS refusal is retried: {err}"
+        );
+        assert!(
+            store
+                .head(&barge_store::ObjectPath::new(bucket, key))
+                .await
+                .is_err(),
+            "{conn}: something was written"
+        );
+        assert_no_uploads(store, bucket, "").await;
+    }
     std::fs::remove_dir_all(&e.dir).ok();
 }

@@ -13,7 +13,7 @@ use barge_store::azure::{AzureConfig, AzureCredentials, AzureStore};
 use barge_store::gcs::{GcsConfig, GcsCredentials, GcsStore};
 use barge_store::local::LocalStore;
 use barge_store::s3::{CredentialSource, S3Config, S3Store, Secret, Sse, WriteOptions};
-use barge_store::{ChecksumMode, Store};
+use barge_store::{ChecksumMode, HttpOptions, Store};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -376,6 +376,26 @@ fn file_path(p: PathBuf, dir: &Path) -> PathBuf {
     }
 }
 
+/// A connection's timeouts and CA bundle, checked.
+fn http_options(name: &str, c: &ConnectionConfig) -> Result<HttpOptions> {
+    let duration = |v: &str, key: &str| {
+        humantime::parse_duration(v).map_err(|e| {
+            EngineError::Input(format!(
+                "connection '{name}': {key} '{v}' is not a duration ({e}): write like 30s or 2m"
+            ))
+        })
+    };
+    let mut http = HttpOptions::default();
+    if let Some(t) = &c.read_timeout {
+        http.read_timeout = duration(t, "read_timeout")?;
+    }
+    if let Some(t) = &c.connect_timeout {
+        http.connect_timeout = duration(t, "connect_timeout")?;
+    }
+    http.ca_bundle = c.ca_bundle.clone();
+    Ok(http)
+}
+
 /// A GCS connection's settings: `endpoint` (else `STORAGE_EMULATOR_HOST`, else Google's),
 /// `credentials_file` or `anonymous` (else Application Default Credentials; none for an
 /// emulator named by the environment).
@@ -391,6 +411,7 @@ pub fn gcs_config(name: &str, c: &ConnectionConfig) -> Result<GcsConfig> {
     if c.anonymous == Some(true) {
         cfg.credentials = GcsCredentials::Anonymous;
     }
+    cfg.http = http_options(name, c)?;
     Ok(cfg)
 }
 
@@ -404,6 +425,7 @@ pub fn azure_config(name: &str, c: Option<&ConnectionConfig>) -> Result<AzureCon
     };
     cfg.account = c.account.clone().or(cfg.account);
     cfg.endpoint = c.endpoint.clone();
+    cfg.http = http_options(name, c)?;
     let set = [
         &c.connection_string_env,
         &c.account_key_env,
@@ -570,23 +592,12 @@ pub fn s3_config(name: &str, c: &ConnectionConfig) -> Result<S3Config> {
     if let Some(m) = &c.max_object_size {
         cfg.max_object_size = Some(parse_size(m)?);
     }
-    let duration = |v: &str, key: &str| {
-        humantime::parse_duration(v).map_err(|e| {
-            EngineError::Input(format!(
-                "connection '{name}': {key} '{v}' is not a duration ({e}): write like 30s or 2m"
-            ))
-        })
-    };
-    if let Some(t) = &c.read_timeout {
-        cfg.read_timeout = duration(t, "read_timeout")?;
-    }
-    if let Some(t) = &c.connect_timeout {
-        cfg.connect_timeout = duration(t, "connect_timeout")?;
-    }
+    let http = http_options(name, c)?;
+    cfg.read_timeout = http.read_timeout;
+    cfg.connect_timeout = http.connect_timeout;
     // As the AWS CLI and the SDKs for Python do, AWS_CA_BUNDLE applies where nothing else is said.
-    cfg.ca_bundle = c
+    cfg.ca_bundle = http
         .ca_bundle
-        .clone()
         .or_else(|| std::env::var_os("AWS_CA_BUNDLE").map(PathBuf::from))
         .filter(|p| !p.as_os_str().is_empty());
     cfg.credentials = match (&c.access_key_id_env, &c.secret_access_key_env, &c.profile) {

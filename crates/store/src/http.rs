@@ -1,6 +1,7 @@
-//! Shared HTTP client code for the backends that speak plain REST (GCS's JSON API): one client
-//! setup and one mapping from an answer's status to what barge does about it.
+//! Shared HTTP client code for the backends that speak REST (GCS's JSON API, Azure's SDK): one
+//! client setup (timeouts, trust) and one mapping from an answer's status to what barge does.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::StoreError;
@@ -17,17 +18,44 @@ pub(crate) fn whole_range(store: &str, what: &str, got: usize, len: u64) -> Resu
     })
 }
 
-/// A client with the connection's timeouts. No automatic decompression (reqwest is built without
-/// it): bytes are moved as stored, `Content-Encoding: gzip` objects included.
+/// What an HTTP client of a store is set up with: the connection's timeouts and trust.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub connect_timeout: Duration,
+    /// How long to wait for the next bytes of an answer.
+    pub read_timeout: Duration,
+    /// A PEM file of certificate authorities trusted besides the system's.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            ca_bundle: None,
+        }
+    }
+}
+
+/// A client with the connection's timeouts and trust (`endpoint` decides whether the CA bundle
+/// is read at all: a plain-HTTP endpoint has no use for it). No automatic decompression (reqwest
+/// is built without it): bytes are moved as stored, `Content-Encoding: gzip` objects included.
 pub(crate) fn client(
     store: &str,
-    connect_timeout: Duration,
-    read_timeout: Duration,
+    endpoint: &str,
+    opts: &HttpOptions,
 ) -> Result<reqwest::Client, StoreError> {
+    let bundle = opts
+        .ca_bundle
+        .as_deref()
+        .filter(|_| crate::tls::is_https(endpoint) != Some(false));
+    let trust = crate::tls::Trust::load(store, bundle)?;
     reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .read_timeout(read_timeout)
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.read_timeout)
         .pool_max_idle_per_host(256)
+        .tls_certs_merge(trust.reqwest_certs())
         .build()
         .map_err(|e| StoreError::Permanent {
             store: store.to_string(),
@@ -36,8 +64,16 @@ pub(crate) fn client(
         })
 }
 
-/// A request that got no answer (refused, reset, timed out): worth trying again.
+/// A request that got no answer (refused, reset, timed out): worth trying again; one that
+/// failed its TLS handshake is not, and says what to do.
 pub(crate) fn send_error(store: &str, op: &str, what: &str, e: &reqwest::Error) -> StoreError {
+    if let Some(detail) = crate::tls::failure(e) {
+        return StoreError::Permanent {
+            store: store.to_string(),
+            op: op.to_string(),
+            detail: format!("{what}: {detail}"),
+        };
+    }
     let mut detail = e.to_string();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {

@@ -18,6 +18,7 @@ mod http;
 pub mod local;
 pub mod memory;
 pub mod s3;
+mod tls;
 mod uploads;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Result, StoreError};
+pub use http::HttpOptions;
 
 /// Chunks of an object's bytes, as they arrive.
 pub type ByteChunks = BoxStream<'static, Result<Bytes>>;

@@ -19,6 +19,7 @@ pub async fn azure(tag: &str, credentials: AzureCredentials) -> (AzureStore, Str
         account: Some(env("BARGE_TEST_AZ_ACCOUNT")),
         endpoint: Some(env("BARGE_TEST_AZ_ENDPOINT")),
         credentials,
+        http: Default::default(),
     };
     let store = AzureStore::connect(cfg).await.expect("connect to Azurite");
     let container = format!("{tag}-{}", uuid::Uuid::new_v4().simple());
@@ -76,6 +77,7 @@ async fn an_account_key_signs_requests() {
         account: Some(env("BARGE_TEST_AZ_ACCOUNT")),
         endpoint: Some(env("BARGE_TEST_AZ_ENDPOINT")),
         credentials: AzureCredentials::AccountKey(Secret::new("d3Jvbmcga2V5IGZvciB0ZXN0cw==")),
+        http: Default::default(),
     };
     let bad = AzureStore::connect(wrong).await.expect("connect");
     let e = bad

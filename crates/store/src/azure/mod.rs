@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Url};
+use azure_core::http::{ClientOptions, RequestContent, RetryOptions, Transport, Url};
 use azure_storage_blob::models::{
     BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesOptions,
     BlobClientGetPropertiesResultHeaders, BlobClientSetMetadataOptions,
@@ -61,6 +61,7 @@ pub struct AzureConfig {
     /// `http://127.0.0.1:10000/ACCOUNT`).
     pub endpoint: Option<String>,
     pub credentials: AzureCredentials,
+    pub http: crate::http::HttpOptions,
 }
 
 impl AzureConfig {
@@ -83,6 +84,7 @@ impl AzureConfig {
             account: var("AZURE_STORAGE_ACCOUNT"),
             endpoint: var("AZURE_STORAGE_BLOB_ENDPOINT"),
             credentials,
+            http: Default::default(),
         }
     }
 }
@@ -93,6 +95,7 @@ pub struct AzureStore {
     identity: String,
     auth: Auth,
     caps: Capabilities,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for AzureStore {
@@ -247,7 +250,9 @@ impl AzureStore {
             Auth::Sas(SasSource::Fixed(_)) => format!("sas:{name}"),
             Auth::Sas(SasSource::Key { .. }) => "key".to_string(),
         };
+        let http = crate::http::client(&name, &endpoint, &cfg.http)?;
         Ok(Self {
+            transport: Transport::new(Arc::new(http)),
             identity: format!("azure|{endpoint}|{who}"),
             name,
             endpoint,
@@ -295,17 +300,19 @@ impl AzureStore {
         }
     }
 
-    /// barge retries itself (with its own backoff and throttle gates): the SDK sends once.
-    fn client_options() -> ClientOptions {
+    /// barge retries itself (with its own backoff and throttle gates): the SDK sends once,
+    /// through barge's client (the connection's timeouts and CA bundle).
+    fn client_options(&self) -> ClientOptions {
         ClientOptions {
             retry: RetryOptions::none(),
+            transport: Some(self.transport.clone()),
             ..Default::default()
         }
     }
 
     fn blob(&self, p: &ObjectPath) -> Result<BlobClient> {
         let opts = BlobClientOptions {
-            client_options: Self::client_options(),
+            client_options: self.client_options(),
             ..Default::default()
         };
         BlobClient::new(
@@ -318,7 +325,7 @@ impl AzureStore {
 
     fn container(&self, c: &str) -> Result<BlobContainerClient> {
         let opts = BlobContainerClientOptions {
-            client_options: Self::client_options(),
+            client_options: self.client_options(),
             ..Default::default()
         };
         BlobContainerClient::new(self.url(c, None)?, self.credential(), Some(opts))
@@ -355,6 +362,11 @@ impl AzureStore {
                 }
             }
             Some(status) => crate::http::status_error(&self.name, op, what, status, &code),
+            None if crate::tls::failure(&e).is_some() => StoreError::Permanent {
+                store: self.name.clone(),
+                op: op.to_string(),
+                detail: format!("{what}: {}", crate::tls::failure(&e).unwrap_or_default()),
+            },
             None => StoreError::Transient {
                 store: self.name.clone(),
                 op: op.to_string(),

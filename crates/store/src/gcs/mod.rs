@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,8 +63,7 @@ pub struct GcsConfig {
     /// `https://storage.googleapis.com` unless an emulator or another endpoint is named.
     pub endpoint: String,
     pub credentials: GcsCredentials,
-    pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub http: crate::http::HttpOptions,
 }
 
 impl GcsConfig {
@@ -86,8 +85,7 @@ impl GcsConfig {
             name: name.to_string(),
             endpoint,
             credentials,
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(60),
+            http: Default::default(),
         }
     }
 }
@@ -212,7 +210,7 @@ fn part_name(up: &UploadRef, n: u32) -> String {
 
 impl GcsStore {
     pub async fn connect(cfg: GcsConfig) -> Result<Self> {
-        let http = crate::http::client(&cfg.name, cfg.connect_timeout, cfg.read_timeout)?;
+        let http = crate::http::client(&cfg.name, &cfg.endpoint, &cfg.http)?;
         let auth_err = |e: String| StoreError::AccessDenied {
             store: cfg.name.clone(),
             what: "Google credentials".into(),

@@ -226,9 +226,9 @@ pub(super) struct Built {
 pub(super) async fn build_client(cfg: &S3Config) -> Result<Built> {
     // A plain-HTTP endpoint has no use for certificates: its CA bundle (perhaps only
     // AWS_CA_BUNDLE, set for other tools) is not even read.
-    let plain_http = cfg.endpoint.as_deref().and_then(super::tls::is_https) == Some(false);
+    let plain_http = cfg.endpoint.as_deref().and_then(crate::tls::is_https) == Some(false);
     let bundle = cfg.ca_bundle.as_deref().filter(|_| !plain_http);
-    let trust = super::tls::Trust::load(&cfg.name, bundle)?;
+    let trust = crate::tls::Trust::load(&cfg.name, bundle)?;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(

@@ -22,7 +22,7 @@ where
     match &err {
         SdkError::TimeoutError(_) => transient("timed out".into()),
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            match super::tls::failure(&err) {
+            match crate::tls::failure(&err) {
                 Some(why) => StoreError::Permanent {
                     store,
                     op: op.to_string(),

@@ -104,13 +104,13 @@ impl Lean {
         provider: Option<SharedCredentialsProvider>,
         connect_timeout: Duration,
         read_timeout: Duration,
-        trust: &super::tls::Trust,
+        trust: &crate::tls::Trust,
     ) -> Result<Option<Self>> {
         let (Some(endpoint), Some(provider)) = (endpoint, provider) else {
             return Ok(None);
         };
         let endpoint = endpoint.trim_end_matches('/');
-        let Some(https) = super::tls::is_https(endpoint) else {
+        let Some(https) = crate::tls::is_https(endpoint) else {
             return Ok(None);
         };
         // A proxy from the environment carries every request to this endpoint: the SDK's
@@ -123,7 +123,7 @@ impl Lean {
         let tls = if https {
             trust.client_config()
         } else {
-            super::tls::plain_config()
+            crate::tls::plain_config()
         }
         .map_err(|detail| StoreError::Permanent {
             store: store.to_string(),
@@ -286,7 +286,7 @@ impl Lean {
         let answer = tokio::time::timeout(self.read_timeout, self.http.request(req))
             .await
             .map_err(|_| Failure::Transport("timed out waiting for the answer".into()))?
-            .map_err(|e| match super::tls::failure(&e) {
+            .map_err(|e| match crate::tls::failure(&e) {
                 Some(why) => Failure::Refused(why),
                 None => Failure::Transport(error_chain(&e)),
             })?;

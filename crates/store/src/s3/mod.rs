@@ -7,8 +7,7 @@ mod config;
 mod endpoint;
 mod errors;
 mod lean;
-mod proxy;
-mod tls;
+pub(crate) mod proxy;
 
 use std::collections::HashMap;
 use std::time::SystemTime;

@@ -24,7 +24,7 @@ fn through(matcher: &Matcher, endpoint: &str) -> Option<String> {
 }
 
 /// What the SDK's own clients are given: the same environment.
-pub(super) fn sdk_config() -> ProxyConfig {
+pub(crate) fn sdk_config() -> ProxyConfig {
     ProxyConfig::from_env()
 }
 

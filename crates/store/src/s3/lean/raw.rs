@@ -504,7 +504,7 @@ impl Lean {
         let stream = tokio::time::timeout(self.connect_timeout, tls.connect(name, stream))
             .await
             .map_err(|_| Failure::Transport(format!("timed out in TLS with {host}:{port}")))?
-            .map_err(|e| match super::super::tls::failure(&e) {
+            .map_err(|e| match crate::tls::failure(&e) {
                 Some(why) => Failure::Refused(format!("{host}:{port}: {why}")),
                 None => Failure::Transport(format!("TLS with {host}:{port}: {e}")),
             })?;
@@ -692,7 +692,7 @@ mod tests {
             Some(SharedCredentialsProvider::new(creds)),
             Duration::from_secs(5),
             Duration::from_secs(5),
-            &crate::s3::tls::Trust::load("fake", None).expect("no bundle"),
+            &crate::tls::Trust::load("fake", None).expect("no bundle"),
         )
         .expect("a plain HTTP endpoint")
         .expect("a plain HTTP endpoint")

@@ -1,7 +1,8 @@
 //! What a connection trusts over HTTPS: the system's certificate authorities, plus those of a
 //! CA bundle when the connection names one (a PEM file, for a store whose certificate a private
-//! authority signed). The SDK's client and the lean path are given the same trust, and a
-//! certificate the connection does not trust is an error that names the fix, not a retry.
+//! authority signed). The S3 SDK's client, S3's lean path and the REST client of GCS and Azure
+//! are given the same trust, and a certificate the connection does not trust is an error that
+//! names the fix, not a retry.
 
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
@@ -25,24 +26,21 @@ static SYSTEM: LazyLock<Vec<CertificateDer<'static>>> = LazyLock::new(|| {
 });
 
 /// What a connection trusts.
-pub(super) struct Trust {
+pub(crate) struct Trust {
     /// The CA bundle's certificates that can be trust anchors.
     bundle: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl Trust {
     /// The system's authorities, and those of the PEM file `bundle` if given.
-    pub(super) fn load(store: &str, bundle: Option<&Path>) -> Result<Self> {
+    pub(crate) fn load(store: &str, bundle: Option<&Path>) -> Result<Self> {
         let Some(path) = bundle else {
             return Ok(Self { bundle: None });
         };
         let bad = |detail: String| StoreError::Permanent {
             store: store.to_string(),
             op: "reading the CA bundle".into(),
-            detail: format!(
-                "{} (the connection's ca_bundle, or AWS_CA_BUNDLE): {detail}",
-                path.display()
-            ),
+            detail: format!("{} (the connection's ca_bundle): {detail}", path.display()),
         };
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let certs = CertificateDer::pem_slice_iter(&pem)
@@ -78,7 +76,7 @@ impl Trust {
     }
 
     /// The SDK's HTTP client for this trust; `None` for the SDK's own default (no bundle).
-    pub(super) fn sdk_client(&self) -> std::result::Result<Option<SharedHttpClient>, String> {
+    pub(crate) fn sdk_client(&self) -> std::result::Result<Option<SharedHttpClient>, String> {
         let Some(certs) = self.bundle.as_ref() else {
             return Ok(None);
         };
@@ -97,7 +95,7 @@ impl Trust {
                     let mut connector = aws_smithy_http_client::ConnectorBuilder::default()
                         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
                         .tls_context(context.clone())
-                        .proxy_config(super::proxy::sdk_config());
+                        .proxy_config(crate::s3::proxy::sdk_config());
                     connector.set_connector_settings(settings.cloned());
                     if let Some(components) = components {
                         connector.set_sleep_impl(components.sleep_impl());
@@ -108,8 +106,17 @@ impl Trust {
         ))
     }
 
+    /// The bundle's certificates for a reqwest client (GCS, Azure), added to the system's.
+    pub(crate) fn reqwest_certs(&self) -> Vec<reqwest::Certificate> {
+        self.bundle
+            .iter()
+            .flatten()
+            .filter_map(|c| reqwest::Certificate::from_der(c).ok())
+            .collect()
+    }
+
     /// A rustls client configuration for this trust (the lean path's HTTPS).
-    pub(super) fn client_config(&self) -> std::result::Result<rustls::ClientConfig, String> {
+    pub(crate) fn client_config(&self) -> std::result::Result<rustls::ClientConfig, String> {
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(SYSTEM.iter().cloned());
         if let Some(certs) = &self.bundle {
@@ -125,7 +132,7 @@ impl Trust {
 
 /// Whether an endpoint URL speaks TLS: `Some(true)` for `https://`, `Some(false)` for
 /// `http://`, `None` for anything else.
-pub(super) fn is_https(endpoint: &str) -> Option<bool> {
+pub(crate) fn is_https(endpoint: &str) -> Option<bool> {
     let scheme = |s: &str| {
         endpoint
             .get(..s.len())
@@ -142,7 +149,7 @@ pub(super) fn is_https(endpoint: &str) -> Option<bool> {
 
 /// A rustls client configuration that trusts nothing: for a plain-HTTP endpoint, whose
 /// connections never use it (the system's certificates are then not even read).
-pub(super) fn plain_config() -> std::result::Result<rustls::ClientConfig, String> {
+pub(crate) fn plain_config() -> std::result::Result<rustls::ClientConfig, String> {
     config(RootCertStore::empty())
 }
 
@@ -174,7 +181,7 @@ fn pem_text(certs: &[CertificateDer<'_>]) -> String {
 
 /// The TLS failure somewhere in `err`'s chain of causes, if there is one: what the handshake
 /// said, and what to do about it. Nothing about TLS gets better by trying again.
-pub(super) fn failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(t) = rustls_error(e) {
@@ -199,7 +206,7 @@ fn explain(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(_) => format!(
             "TLS: {e}: the endpoint's certificate is not trusted; if a private certificate \
              authority signed it, name its PEM file as ca_bundle in the connection's settings \
-             (or set AWS_CA_BUNDLE)"
+             (for S3, AWS_CA_BUNDLE also does)"
         ),
         rustls::Error::InvalidMessage(_) => format!(
             "TLS: {e}: the endpoint does not answer in TLS; if it speaks plain HTTP, write its \
