@@ -263,3 +263,49 @@ def test_a_retried_submit_finds_the_same_transfer(prefix, pg):
     assert again == first, (first, again)
     subprocess.run(["barge", "--journal", pg, "abort", first["transfer_id"]], check=True,
                    capture_output=True)
+
+
+def test_google_and_azure_connections_reach_barge_as_airflow_writes_them(tmp_path, monkeypatch):
+    """Airflow's own URI form of a `wasb` and a `google_cloud_platform` connection (what the hook
+    hands barge) is read by barge: the run gets as far as the store (nothing listens there) and
+    fails on that, never on the connection, and no secret reaches its output."""
+    import json
+
+    from barge_airflow.hooks.barge import BargeHook
+
+    secret = "k3y+/with=signs" + uuid.uuid4().hex
+    monkeypatch.setenv("AIRFLOW_CONN_LAKE_WASB", json.dumps({
+        "conn_type": "wasb", "login": "acct", "password": secret,
+        "host": "http://127.0.0.1:9/acct",
+    }))
+    monkeypatch.setenv("AIRFLOW_CONN_LAKE_GCS", json.dumps({
+        "conn_type": "google_cloud_platform",
+        "extra": {"keyfile_dict": {"type": "service_account", "client_email": "x@y", "private_key": secret}},
+    }))
+    hook = BargeHook()
+    env = hook.env_for(["lake_wasb", "lake_gcs", "google_cloud_default"])
+    assert env["AIRFLOW_CONN_LAKE_WASB"].startswith("wasb://"), "Airflow's URI form"
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([{
+        "src_conn_id": "lake_wasb", "src_bucket": "c", "src_key": "k",
+        "dest_conn_id": "local", "dest_bucket": "", "dest_key": str(tmp_path / "out"),
+    }]))
+    proc = hook.run(["--journal", "none", "run", str(manifest), "--retries", "1"],
+                    conn_ids=["lake_wasb"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "not an Airflow connection barge can use" not in proc.stderr, proc.stderr
+    assert "127.0.0.1:9" in proc.stderr or "lake_wasb" in proc.stderr, proc.stderr
+    assert secret not in proc.stderr and secret not in proc.stdout
+    assert not (tmp_path / "out").exists()
+    # The Google connection's key (not a usable one) is read from keyfile_dict and refused by
+    # name, without its text.
+    manifest.write_text(json.dumps([{
+        "src_conn_id": "lake_gcs", "src_bucket": "b", "src_key": "k",
+        "dest_conn_id": "local", "dest_bucket": "", "dest_key": str(tmp_path / "out"),
+    }]))
+    proc = hook.run(["--journal", "none", "run", str(manifest), "--retries", "1"],
+                    conn_ids=["lake_gcs"], check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "not an Airflow connection barge can use" not in proc.stderr, proc.stderr
+    assert "Google credentials" in proc.stderr, proc.stderr
+    assert secret not in proc.stderr and secret not in proc.stdout

@@ -565,3 +565,92 @@ async fn https_with_a_private_ca_on_gcs_and_azure() {
     }
     std::fs::remove_dir_all(&e.dir).ok();
 }
+
+/// A DAG's Airflow connections of type `wasb` and `google_cloud_platform`, from the environment
+/// as Airflow hands them to a task, move a manifest from Azure to GCS with no barge config.
+#[tokio::test(flavor = "multi_thread")]
+async fn airflow_wasb_and_google_connections_move_a_manifest() {
+    let (gcs, bucket, az, container) = clouds("airflow").await;
+    let e = Env::new("clouds-airflow", "");
+    std::fs::write(&e.config, "").expect("an empty config");
+    let p = prefix("airflow");
+    let files = [("small", data(1000, 71)), ("big", data(6 * MIB + 1, 72))];
+    for (name, body) in &files {
+        put(
+            az.as_ref(),
+            &container,
+            &format!("{p}{name}"),
+            body.clone(),
+            &ObjectAttrs::default(),
+        )
+        .await;
+    }
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let key = var("BARGE_TEST_AZ_KEY");
+    let wasb = format!(
+        "wasb://{}:{}@{}",
+        enc(&var("BARGE_TEST_AZ_ACCOUNT")),
+        enc(&key),
+        enc(&var("BARGE_TEST_AZ_ENDPOINT")),
+    );
+    let entries: Vec<_> = files
+        .iter()
+        .map(|(name, _)| {
+            serde_json::json!({
+                "src_conn_id": "lake_wasb", "src_bucket": container, "src_key": format!("{p}{name}"),
+                "dest_conn_id": "google_cloud_default", "dest_bucket": bucket, "dest_key": format!("{p}{name}"),
+            })
+        })
+        .collect();
+    let manifest = e.dir.join("m.json");
+    std::fs::write(&manifest, serde_json::to_string(&entries).expect("json")).expect("manifest");
+    let emulator = var("BARGE_TEST_GCS_ENDPOINT");
+    let o = e
+        .cmd(&[
+            "run",
+            &manifest.to_string_lossy(),
+            "--part-size",
+            "5MiB",
+            "--json",
+        ])
+        .env("AIRFLOW_CONN_LAKE_WASB", &wasb)
+        .env(
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT",
+            "google-cloud-platform://",
+        )
+        .env(
+            "STORAGE_EMULATOR_HOST",
+            emulator.trim_start_matches("http://"),
+        )
+        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .output()
+        .expect("run barge");
+    let v = ok(&o);
+    assert_eq!(v["files_ok"], 2, "{v}");
+    for (name, body) in &files {
+        assert_eq!(
+            sha256(&read(gcs.as_ref(), &bucket, &format!("{p}{name}")).await),
+            sha256(body),
+            "{name}"
+        );
+    }
+    let (out, err) = text(&o);
+    assert!(
+        !out.contains(&key) && !err.contains(&key),
+        "the account key was printed"
+    );
+    let journal = std::fs::read(e.dir.join("journal.sqlite")).expect("journal");
+    assert!(
+        !String::from_utf8_lossy(&journal).contains(&key),
+        "the account key reached the journal"
+    );
+    std::fs::remove_dir_all(&e.dir).ok();
+}

@@ -793,7 +793,15 @@ impl Connections {
                         EngineError::Input(format!("no connection named '{name}' is configured"))
                     })?;
                     let conn = airflow::parse(name, &raw)?;
-                    Arc::new(S3Store::connect(self.s3(airflow::s3_config_of(name, &conn)?)).await?)
+                    match airflow::store_config_of(name, &conn)? {
+                        airflow::StoreConfig::S3(cfg) => {
+                            Arc::new(S3Store::connect(self.s3(cfg)).await?)
+                        }
+                        airflow::StoreConfig::Gcs(cfg) => Arc::new(GcsStore::connect(cfg).await?),
+                        airflow::StoreConfig::Azure(cfg) => {
+                            Arc::new(AzureStore::connect(cfg).await?)
+                        }
+                    }
                 }
             },
         };

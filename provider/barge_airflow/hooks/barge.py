@@ -14,10 +14,11 @@ except ImportError:  # Airflow 2
 
 from airflow.exceptions import AirflowException, AirflowNotFoundException
 
-# Connection ids barge resolves itself: the local file system, and the AWS default chain when
-# no Airflow connection of that name exists.
+# Connection ids barge resolves itself: the local file system, and each cloud's default
+# credentials chain (AWS, Google ADC, Azure's environment) when no Airflow connection of that
+# name exists.
 LOCAL = {"", "local"}
-DEFAULT_CHAIN = "aws_default"
+DEFAULT_CHAINS = {"aws_default", "google_cloud_default", "azure_default", "wasb_default"}
 
 
 class BargeHook(BaseHook):
@@ -46,7 +47,7 @@ class BargeHook(BaseHook):
             try:
                 conn = self.get_connection(cid)
             except AirflowNotFoundException:
-                if cid == DEFAULT_CHAIN:
+                if cid in DEFAULT_CHAINS:
                     continue
                 raise
             env[f"AIRFLOW_CONN_{cid.upper()}"] = conn.get_uri()

@@ -3,12 +3,16 @@
 //! (`aws://KEY:SECRET@/?region_name=eu-west-1`) or as JSON (`{"conn_type": "aws", "login": ...,
 //! "password": ..., "extra": {...}}`). A manifest's `src_conn_id`/`dest_conn_id` that the config
 //! file does not name is looked up here, so a DAG's connections need no second copy in TOML.
+//! Types `aws` (S3), `google_cloud_platform` (GCS) and `wasb` (Azure Blob Storage) are read,
+//! with the fields and extras each of Airflow's hooks reads.
 //!
 //! The variable's value holds secrets: no message here quotes it, and what is kept of it
 //! (`Secret`) prints as `***`. The journal records only the id.
 
 use std::path::PathBuf;
 
+use barge_store::azure::{AzureConfig, AzureCredentials};
+use barge_store::gcs::{GcsConfig, GcsCredentials};
 use barge_store::s3::{CredentialSource, S3Config, Secret};
 use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
@@ -182,6 +186,162 @@ fn extra_str<'a>(extra: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str
     m.get(*last)?.as_str().filter(|s| !s.is_empty())
 }
 
+/// What an Airflow connection opens.
+#[derive(Debug)]
+pub enum StoreConfig {
+    S3(S3Config),
+    Gcs(GcsConfig),
+    Azure(AzureConfig),
+}
+
+/// The store an Airflow connection describes, by its type: `aws` (or `s3`),
+/// `google_cloud_platform`, `wasb`.
+pub fn store_config_of(id: &str, c: &AirflowConn) -> Result<StoreConfig> {
+    match c.conn_type.as_str() {
+        "aws" | "s3" => Ok(StoreConfig::S3(s3_config_of(id, c)?)),
+        "google_cloud_platform" => Ok(StoreConfig::Gcs(gcs_config_of(id, c)?)),
+        "wasb" => Ok(StoreConfig::Azure(wasb_config_of(id, c)?)),
+        "azure_data_lake" | "adls" => Err(bad(
+            id,
+            format!(
+                "its type is '{}' (Data Lake): barge reads the account's blobs through a 'wasb' connection to the same account",
+                c.conn_type
+            ),
+        )),
+        "" => Err(bad(
+            id,
+            "it has no connection type (conn_type, or the URI's scheme)",
+        )),
+        t => Err(bad(
+            id,
+            format!(
+                "its type is '{t}'; barge reads Airflow connections of type aws, google_cloud_platform and wasb"
+            ),
+        )),
+    }
+}
+
+/// An extra as Airflow's hooks read it: `name`, or the older `extra__TYPE__name`.
+fn field<'a>(c: &'a AirflowConn, name: &str) -> Option<&'a Value> {
+    c.extra
+        .get(name)
+        .or_else(|| c.extra.get(&format!("extra__{}__{name}", c.conn_type)))
+        .filter(|v| !v.is_null() && v.as_str() != Some(""))
+}
+
+fn field_str<'a>(id: &str, c: &'a AirflowConn, name: &str) -> Result<Option<&'a str>> {
+    match field(c, name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(id, format!("its extra '{name}' must be a string"))),
+    }
+}
+
+/// A `google_cloud_platform` connection, as Airflow's Google hooks read it: `key_path` (a
+/// credentials file), `keyfile_dict` (its JSON, as an object or as text), else Application
+/// Default Credentials. `STORAGE_EMULATOR_HOST` points it at an emulator, as it does the
+/// Python client.
+fn gcs_config_of(id: &str, c: &AirflowConn) -> Result<GcsConfig> {
+    let mut cfg = GcsConfig::from_env(id);
+    if field(c, "key_secret_name").is_some() {
+        return Err(bad(
+            id,
+            "its extra 'key_secret_name' keeps the key in Secret Manager, which barge does not read: give key_path or keyfile_dict, or use Application Default Credentials",
+        ));
+    }
+    if let Some(path) = field_str(id, c, "key_path")? {
+        cfg.credentials = GcsCredentials::File(PathBuf::from(path));
+    }
+    match field(c, "keyfile_dict") {
+        None => {}
+        Some(Value::String(s)) => cfg.credentials = GcsCredentials::Json(Secret::new(s.clone())),
+        Some(v @ Value::Object(_)) => {
+            cfg.credentials = GcsCredentials::Json(Secret::new(v.to_string()));
+        }
+        Some(_) => {
+            return Err(bad(
+                id,
+                "its extra 'keyfile_dict' must be the key's JSON, as an object or as text",
+            ));
+        }
+    }
+    Ok(cfg)
+}
+
+/// A `wasb` connection, as Airflow's WasbHook reads it: `connection_string`; else the account
+/// URL from the host (or `https://LOGIN.blob.core.windows.net`) with, in the hook's order,
+/// `tenant_id` (a service principal: login and password are its client id and secret),
+/// `sas_token` (a token, or a URL with one), the password as the account key (the login
+/// naming the account), else Entra ID from the environment (managed or workload identity).
+fn wasb_config_of(id: &str, c: &AirflowConn) -> Result<AzureConfig> {
+    let mut cfg = AzureConfig {
+        name: id.to_string(),
+        account: None,
+        endpoint: None,
+        credentials: AzureCredentials::EntraId,
+        http: Default::default(),
+    };
+    if let Some(s) = field_str(id, c, "connection_string")? {
+        cfg.credentials = AzureCredentials::ConnectionString(Secret::new(s));
+        return Ok(cfg);
+    }
+    match c.host.as_deref() {
+        Some(h) if h.contains("://") => cfg.endpoint = Some(h.trim_end_matches('/').to_string()),
+        Some(h) if !h.is_empty() => {
+            cfg.endpoint = Some(format!("https://{}", h.trim_end_matches('/')));
+        }
+        _ => {}
+    }
+    if let Some(tenant) = field_str(id, c, "tenant_id")? {
+        let (Some(client), Some(secret)) = (&c.login, &c.password) else {
+            return Err(bad(
+                id,
+                "its extra 'tenant_id' asks for a service principal, whose client id (login) and secret (password) it lacks",
+            ));
+        };
+        if cfg.endpoint.is_none() {
+            return Err(bad(
+                id,
+                "with a service principal, the account's URL must be the host (https://ACCOUNT.blob.core.windows.net)",
+            ));
+        }
+        cfg.credentials = AzureCredentials::ServicePrincipal {
+            tenant_id: tenant.to_string(),
+            client_id: client.clone(),
+            secret: secret.clone(),
+        };
+        return Ok(cfg);
+    }
+    cfg.account = c.login.clone();
+    if let Some(sas) = field_str(id, c, "sas_token")? {
+        let token = match sas.split_once('?') {
+            Some((url, token)) if url.contains("://") => {
+                cfg.endpoint = Some(url.trim_end_matches('/').to_string());
+                token
+            }
+            _ => sas.trim_start_matches('?'),
+        };
+        cfg.credentials = AzureCredentials::Sas(Secret::new(token));
+        return Ok(cfg);
+    }
+    if let Some(key) = &c.password {
+        if cfg.account.is_none() {
+            return Err(bad(
+                id,
+                "it gives an account key (password) without the account's name (login)",
+            ));
+        }
+        cfg.credentials = AzureCredentials::AccountKey(key.clone());
+    }
+    if cfg.account.is_none() && cfg.endpoint.is_none() {
+        return Err(bad(
+            id,
+            "it names no storage account: set the login to the account's name, or the host to its URL",
+        ));
+    }
+    Ok(cfg)
+}
+
 /// The store configuration of an Airflow connection of type `aws` (Amazon Web Services;
 /// Airflow's older `s3` type too): the login and password (or the extras'
 /// `aws_access_key_id`/`aws_secret_access_key`) as keys with `aws_session_token`,
@@ -190,30 +350,6 @@ fn extra_str<'a>(extra: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str
 /// `verify` as a CA bundle path, and the S3 `addressing_style`. With no keys and no profile,
 /// the standard AWS chain, as Airflow's hook does.
 pub fn s3_config_of(id: &str, c: &AirflowConn) -> Result<S3Config> {
-    match c.conn_type.as_str() {
-        "aws" | "s3" => {}
-        "google_cloud_platform" | "gcpssh" | "wasb" | "azure_data_lake" | "adls" => {
-            return Err(bad(
-                id,
-                format!(
-                    "its type is '{}', and barge moves data between S3-compatible stores and local files only (Google Cloud Storage and Azure are not supported yet)",
-                    c.conn_type
-                ),
-            ));
-        }
-        "" => {
-            return Err(bad(
-                id,
-                "it has no connection type (conn_type, or the URI's scheme)",
-            ));
-        }
-        t => {
-            return Err(bad(
-                id,
-                format!("its type is '{t}'; barge reads Airflow connections of type 'aws'"),
-            ));
-        }
-    }
     let x = &c.extra;
     for unsupported in ["role_arn", "assume_role_method"] {
         if extra_str(x, &[unsupported]).is_some() {
@@ -360,7 +496,14 @@ mod tests {
         let cases = [
             format!("aws://AK:{secret}@/?role_arn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr"),
             format!("aws://AK:{secret}@/?verify=false"),
-            format!("wasb://acct:{secret}@"),
+            format!("wasb://:{secret}@"),
+            format!("wasb://client:{secret}@?tenant_id=t1"),
+            format!("adls://acct:{secret}@"),
+            format!("google-cloud-platform://:{secret}@?key_secret_name=k"),
+            format!(
+                r#"{{"conn_type": "google_cloud_platform", "password": "{secret}", "extra": {{"keyfile_dict": 5}}}}"#
+            ),
+            format!("ftp://u:{secret}@host/"),
             format!("aws://AK:{secret}@host:notaport/"),
             format!(r#"{{"conn_type": "aws", "password": "{secret}""#),
             format!(r#"{{"conn_type": "aws", "login": "AK", "password": "{secret}", "extra": 5}}"#),
@@ -370,7 +513,7 @@ mod tests {
         ];
         for raw in &cases {
             let e = parse("my_conn", raw)
-                .and_then(|c| s3_config_of("my_conn", &c))
+                .and_then(|c| store_config_of("my_conn", &c))
                 .expect_err(raw);
             let msg = e.to_string();
             assert!(msg.contains("AIRFLOW_CONN_MY_CONN"), "{raw}: {msg}");
@@ -382,6 +525,75 @@ mod tests {
         assert!(e.to_string().contains("role_arn"), "{e}");
         let c = parse("x", &format!("aws://AK:{secret}@/")).expect("parse");
         assert!(!format!("{c:?}").contains(secret));
+    }
+
+    /// Google and Azure connections as Airflow's hooks read them.
+    #[test]
+    fn google_and_wasb_connections() {
+        let gcs = |raw: &str| match parse("g", raw).and_then(|c| store_config_of("g", &c)) {
+            Ok(StoreConfig::Gcs(cfg)) => cfg.credentials,
+            other => panic!("{raw}: {other:?}"),
+        };
+        assert_eq!(
+            gcs("google-cloud-platform://?key_path=%2Fkeys%2Fsa.json"),
+            GcsCredentials::File("/keys/sa.json".into())
+        );
+        assert_eq!(
+            gcs("google-cloud-platform://?extra__google_cloud_platform__key_path=%2Fk.json"),
+            GcsCredentials::File("/k.json".into())
+        );
+        let json = r#"{"conn_type": "google_cloud_platform", "extra": {"keyfile_dict": {"type": "service_account", "client_email": "a@b"}}}"#;
+        match gcs(json) {
+            GcsCredentials::Json(s) => assert!(s.expose().contains("service_account")),
+            other => panic!("{other:?}"),
+        }
+        let az = |raw: &str| match parse("w", raw).and_then(|c| store_config_of("w", &c)) {
+            Ok(StoreConfig::Azure(cfg)) => cfg,
+            other => panic!("{raw}: {other:?}"),
+        };
+        let key = az("wasb://acct:a2V5%2B%2F%3D@");
+        assert_eq!(key.account.as_deref(), Some("acct"));
+        assert!(
+            matches!(&key.credentials, AzureCredentials::AccountKey(k) if k.expose() == "a2V5+/=")
+        );
+        let local = az("wasb://acct:k@http%3A%2F%2F127.0.0.1%3A10000%2Facct");
+        assert_eq!(
+            local.endpoint.as_deref(),
+            Some("http://127.0.0.1:10000/acct")
+        );
+        let cs = az(
+            r#"{"conn_type": "wasb", "extra": {"connection_string": "AccountName=a;AccountKey=k"}}"#,
+        );
+        assert!(matches!(
+            cs.credentials,
+            AzureCredentials::ConnectionString(_)
+        ));
+        let sp = az("wasb://cid:csecret@acct.blob.core.windows.net?tenant_id=t1");
+        assert_eq!(
+            sp.endpoint.as_deref(),
+            Some("https://acct.blob.core.windows.net")
+        );
+        assert!(matches!(
+            &sp.credentials,
+            AzureCredentials::ServicePrincipal { tenant_id, client_id, .. }
+                if tenant_id == "t1" && client_id == "cid"
+        ));
+        let sas = az("wasb://acct@?sas_token=sv%3D2021%26sig%3Dx");
+        assert!(
+            matches!(&sas.credentials, AzureCredentials::Sas(t) if t.expose() == "sv=2021&sig=x")
+        );
+        let sas_url = az(
+            "wasb://acct@?sas_token=https%3A%2F%2Facct.blob.core.windows.net%2F%3Fsv%3D1%26sig%3Dy",
+        );
+        assert_eq!(
+            sas_url.endpoint.as_deref(),
+            Some("https://acct.blob.core.windows.net")
+        );
+        assert!(
+            matches!(&sas_url.credentials, AzureCredentials::Sas(t) if t.expose() == "sv=1&sig=y")
+        );
+        let entra = az("wasb://acct@");
+        assert!(matches!(entra.credentials, AzureCredentials::EntraId));
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub enum AzureCredentials {
     AccountKey(Secret),
     /// A SAS token (`sv=...&sig=...`).
     Sas(Secret),
+    /// A service principal given by the connection (an Airflow `wasb` connection's `tenant_id`,
+    /// login and password).
+    ServicePrincipal {
+        tenant_id: String,
+        client_id: String,
+        secret: Secret,
+    },
     /// Entra ID from the environment: a service principal (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
     /// `AZURE_CLIENT_SECRET`), workload identity (`AZURE_FEDERATED_TOKEN_FILE`), a managed
     /// identity, or the developer tools' login (az, azd).

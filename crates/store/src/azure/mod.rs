@@ -231,6 +231,23 @@ impl AzureStore {
                 s.expose().trim_start_matches('?'),
             ))),
             AzureCredentials::EntraId => Auth::Token(entra_credential(&name)?),
+            AzureCredentials::ServicePrincipal {
+                tenant_id,
+                client_id,
+                secret,
+            } => Auth::Token(
+                azure_identity::ClientSecretCredential::new(
+                    tenant_id,
+                    client_id.clone(),
+                    secret.expose().to_string().into(),
+                    None,
+                )
+                .map_err(|e| StoreError::AccessDenied {
+                    store: name.clone(),
+                    what: "the service principal".into(),
+                    detail: scrub(&e.to_string()),
+                })?,
+            ),
         };
         let endpoint = match (endpoint, &account) {
             (Some(e), _) => e.trim_end_matches('/').to_string(),

@@ -52,6 +52,8 @@ pub enum GcsCredentials {
     Default,
     /// A service-account (or other credentials) JSON file.
     File(PathBuf),
+    /// The same JSON, given as text (an Airflow connection's `keyfile_dict`).
+    Json(crate::s3::Secret),
     /// No credentials: an emulator, or public buckets.
     Anonymous,
 }
@@ -208,6 +210,26 @@ fn part_name(up: &UploadRef, n: u32) -> String {
     format!("{}part-{n:05}", temp_folder(up))
 }
 
+/// Credentials from a credentials file's JSON (`label` names it in messages).
+fn credentials_from_json(
+    v: Value,
+    label: &str,
+) -> std::result::Result<google_cloud_auth::credentials::Credentials, String> {
+    use google_cloud_auth::credentials as gc;
+    let built = match v.get("type").and_then(Value::as_str) {
+        Some("service_account") => gc::service_account::Builder::new(v).build(),
+        Some("authorized_user") => gc::user_account::Builder::new(v).build(),
+        Some("external_account") => gc::external_account::Builder::new(v).build(),
+        Some("impersonated_service_account") => gc::impersonated::Builder::new(v).build(),
+        other => {
+            return Err(format!(
+                "{label}: credentials of type {other:?} are not one of service_account, authorized_user, external_account, impersonated_service_account"
+            ));
+        }
+    };
+    built.map_err(|e| format!("{label}: {e}"))
+}
+
 impl GcsStore {
     pub async fn connect(cfg: GcsConfig) -> Result<Self> {
         let http = crate::http::client(&cfg.name, &cfg.endpoint, &cfg.http)?;
@@ -234,26 +256,24 @@ impl GcsStore {
                 let text = std::fs::read_to_string(p).map_err(|e| {
                     auth_err(format!("cannot read credentials file {}: {e}", p.display()))
                 })?;
-                let v: Value = serde_json::from_str(&text).map_err(|_| {
-                    auth_err(format!("{} is not a JSON credentials file", p.display()))
+                let label = p.display().to_string();
+                let v: Value = serde_json::from_str(&text)
+                    .map_err(|_| auth_err(format!("{label} is not a JSON credentials file")))?;
+                let creds = credentials_from_json(v, &label).map_err(auth_err)?;
+                (Some(creds), format!("file:{label}"))
+            }
+            GcsCredentials::Json(text) => {
+                // serde_json's message names a line and column, never the text.
+                let v: Value = serde_json::from_str(text.expose()).map_err(|e| {
+                    auth_err(format!("the credentials JSON given is not JSON ({e})"))
                 })?;
-                use google_cloud_auth::credentials as gc;
-                let built = match v.get("type").and_then(Value::as_str) {
-                    Some("service_account") => gc::service_account::Builder::new(v).build(),
-                    Some("authorized_user") => gc::user_account::Builder::new(v).build(),
-                    Some("external_account") => gc::external_account::Builder::new(v).build(),
-                    Some("impersonated_service_account") => {
-                        gc::impersonated::Builder::new(v).build()
-                    }
-                    other => {
-                        return Err(auth_err(format!(
-                            "{}: credentials of type {other:?} are not one of service_account, authorized_user, external_account, impersonated_service_account",
-                            p.display()
-                        )));
-                    }
-                };
-                let creds = built.map_err(|e| auth_err(format!("{}: {e}", p.display())))?;
-                (Some(creds), format!("file:{}", p.display()))
+                let who = v
+                    .get("client_email")
+                    .and_then(Value::as_str)
+                    .map(|e| format!("json:{e}"))
+                    .unwrap_or_else(|| format!("json:{}", cfg.name));
+                let creds = credentials_from_json(v, "the credentials JSON given").map_err(auth_err)?;
+                (Some(creds), who)
             }
         };
         let endpoint = cfg.endpoint.trim_end_matches('/').to_string();
