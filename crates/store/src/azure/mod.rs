@@ -3,7 +3,7 @@
 //! Objects are block blobs. An upload is a set of uncommitted blocks whose ids are derived from
 //! the upload id and the part number, so a resume lists the uncommitted blocks and moves only
 //! the missing ones; Put Block List commits them in order. Every block carries a transactional
-//! MD5 the service checks. The destination's attributes wait in a small opener blob
+//! CRC64 the service checks. The destination's attributes wait in a small opener blob
 //! `.barge-uploads/KEY/ID` until the commit (uncommitted blocks hold none), so any worker can
 //! complete the upload; `list_uploads` finds openers an interrupted run left.
 //!
@@ -36,7 +36,6 @@ use azure_storage_blob::{
 use base64::Engine;
 use bytes::Bytes;
 use futures::TryStreamExt;
-use md5::Digest;
 
 pub use auth::AzureCredentials;
 use auth::{Auth, SasSource, entra_credential, parse_connection_string};
@@ -545,7 +544,7 @@ impl AzureStore {
             .map(quoted))
     }
 
-    /// Stage one block with its MD5 (which the service checks). Azure keeps no CRC32C, so the
+    /// Stage one block with its CRC64 (which the service checks). Azure keeps no CRC32C, so the
     /// one barge computed where it read the bytes is checked here first: bytes damaged in
     /// between are refused before they are sent.
     async fn stage(
@@ -570,9 +569,8 @@ impl AzureStore {
             }
         }
         let b = self.blob(path)?.block_blob_client();
-        let md5 = md5::Md5::digest(&data).to_vec();
         let opts = BlockBlobClientStageBlockOptions {
-            transactional_content_md5: Some(md5),
+            transactional_content_crc64: Some(block_crc64(&data).to_vec()),
             ..Default::default()
         };
         let len = data.len() as u64;
@@ -581,6 +579,14 @@ impl AzureStore {
             .map_err(|e| self.map(e, "upload of a block", &path.to_string()))?;
         Ok(())
     }
+}
+
+/// A block's transactional checksum as Azure computes it: CRC-64 with the polynomial
+/// 0x9A6C9329AC4BC9B5 (reflected), all-ones in and out, which is CRC-64/NVME, sent as its
+/// little-endian bytes (base64 in `x-ms-content-crc64`). One SIMD pass, where an MD5 cost
+/// more CPU than the rest of the copy.
+fn block_crc64(data: &[u8]) -> [u8; 8] {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, data).to_le_bytes()
 }
 
 /// Everything but the unreserved characters and `/`, for a blob name in a URL path.
@@ -991,5 +997,21 @@ pub async fn create_container(store: &AzureStore, container: &str) -> Result<()>
         Ok(_) => Ok(()),
         Err(e) if e.http_status().map(u16::from) == Some(409) => Ok(()),
         Err(e) => Err(store.map(e, "create container", container)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    /// The values Azure's own SDK for Go sends for these bytes (`crc64.Checksum` over the table
+    /// of 0x9A6C9329AC4BC9B5, `binary.LittleEndian`), worked out apart from this code.
+    #[test]
+    fn block_checksums_are_azures_crc64() {
+        let b64 =
+            |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(super::block_crc64(d));
+        assert_eq!(b64(b"123456789"), "iJh5CoYUi64=");
+        let ramp: Vec<u8> = (0..4).flat_map(|_| 0..=255u8).collect();
+        assert_eq!(b64(&ramp), "RxTQGC+NjYg=");
     }
 }
