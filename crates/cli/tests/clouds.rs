@@ -293,6 +293,22 @@ async fn local_to_gcs_to_azure_to_s3_and_back_byte_identical() {
         assert!(store.head(&path).await.is_err(), "{conn}: no object left");
     }
 
+    // A container name Azure cannot have is refused by name, with the rule, before a request.
+    let o = barge(
+        &e,
+        &[
+            "cp",
+            &src.join("small.txt").to_string_lossy(),
+            "azure:C1/small.txt",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'C1' is not an Azure container name: 3 to 63 lower-case letters"),
+        "{}",
+        stderr(&o)
+    );
+
     // `verify` compares both sides.
     let o = barge(
         &e,

@@ -292,6 +292,15 @@ impl AzureStore {
     }
 
     fn url(&self, container: &str, blob: Option<&str>) -> Result<Url> {
+        if !legal_container(container) {
+            return Err(StoreError::Permanent {
+                store: self.name.clone(),
+                op: "address".into(),
+                detail: format!(
+                    "'{container}' is not an Azure container name: 3 to 63 lower-case letters, digits and single hyphens, beginning and ending with a letter or digit (or $root, $web, $logs)"
+                ),
+            });
+        }
         let seg = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
         let mut u = format!("{}/{}", self.endpoint, seg(container));
         if let Some(b) = blob {
@@ -579,6 +588,21 @@ impl AzureStore {
             .map_err(|e| self.map(e, "upload of a block", &path.to_string()))?;
         Ok(())
     }
+}
+
+/// Azure's rule for container names, checked before a request is made (the service answers a
+/// bad one with a bare `OutOfRangeInput` or `InvalidResourceName`).
+fn legal_container(c: &str) -> bool {
+    if matches!(c, "$root" | "$web" | "$logs") {
+        return true;
+    }
+    let b = c.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|&x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        && !c.contains("--")
 }
 
 /// A block's transactional checksum as Azure computes it: CRC-64 with the polynomial
@@ -1006,6 +1030,25 @@ mod tests {
 
     /// The values Azure's own SDK for Go sends for these bytes (`crc64.Checksum` over the table
     /// of 0x9A6C9329AC4BC9B5, `binary.LittleEndian`), worked out apart from this code.
+    #[test]
+    fn container_names_follow_azures_rule() {
+        for ok in ["abc", "my-container-1", "$root", &"a".repeat(63)] {
+            assert!(super::legal_container(ok), "{ok}");
+        }
+        for bad in [
+            "c1",
+            "Data",
+            "a--b",
+            "-abc",
+            "abc-",
+            "a_b",
+            "",
+            &"a".repeat(64),
+        ] {
+            assert!(!super::legal_container(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn block_checksums_are_azures_crc64() {
         let b64 =
