@@ -285,27 +285,25 @@ def test_google_and_azure_connections_reach_barge_as_airflow_writes_them(tmp_pat
     hook = BargeHook()
     env = hook.env_for(["lake_wasb", "lake_gcs", "google_cloud_default"])
     assert env["AIRFLOW_CONN_LAKE_WASB"].startswith("wasb://"), "Airflow's URI form"
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps([{
-        "src_conn_id": "lake_wasb", "src_bucket": "c", "src_key": "k",
-        "dest_conn_id": "local", "dest_bucket": "", "dest_key": str(tmp_path / "out"),
-    }]))
-    proc = hook.run(["--journal", "none", "run", str(manifest), "--retries", "1"],
-                    conn_ids=["lake_wasb"], check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert "not an Airflow connection barge can use" not in proc.stderr, proc.stderr
-    assert "127.0.0.1:9" in proc.stderr or "lake_wasb" in proc.stderr, proc.stderr
-    assert secret not in proc.stderr and secret not in proc.stdout
-    assert not (tmp_path / "out").exists()
+
+    def fetch(conn_id):
+        """barge run of one object from `conn_id` to a local file."""
+        manifest = tmp_path / "m.json"
+        manifest.write_text(json.dumps([{
+            "src_conn_id": conn_id, "src_bucket": "cont", "src_key": "k",
+            "dest_conn_id": "local", "dest_bucket": "", "dest_key": str(tmp_path / "out"),
+        }]))
+        proc = hook.run(["--journal", "none", "run", str(manifest), "--retries", "1"],
+                        conn_ids=[conn_id], check=False)
+        assert proc.returncode == 1, proc.stderr
+        assert "not an Airflow connection barge can use" not in proc.stderr, proc.stderr
+        assert secret not in proc.stderr and secret not in proc.stdout
+        assert not (tmp_path / "out").exists()
+        return proc.stderr
+
+    err = fetch("lake_wasb")
+    assert "127.0.0.1:9" in err or "lake_wasb" in err, err
     # The Google connection's key (not a usable one) is read from keyfile_dict and refused by
     # name, without its text.
-    manifest.write_text(json.dumps([{
-        "src_conn_id": "lake_gcs", "src_bucket": "b", "src_key": "k",
-        "dest_conn_id": "local", "dest_bucket": "", "dest_key": str(tmp_path / "out"),
-    }]))
-    proc = hook.run(["--journal", "none", "run", str(manifest), "--retries", "1"],
-                    conn_ids=["lake_gcs"], check=False)
-    assert proc.returncode == 1, proc.stderr
-    assert "not an Airflow connection barge can use" not in proc.stderr, proc.stderr
-    assert "Google credentials" in proc.stderr, proc.stderr
-    assert secret not in proc.stderr and secret not in proc.stdout
+    err = fetch("lake_gcs")
+    assert "Google credentials" in err, err

@@ -427,14 +427,7 @@ async fn airflow_connections_from_the_environment_move_a_manifest() {
         .await;
     }
     let var = |v: &str| std::env::var(v).expect("test bed variable");
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    let enc = uri_encode;
     let src_uri = format!(
         "aws://{}:{}@/?region_name=us-east-1&endpoint_url={}",
         enc(&var("BARGE_TEST_A_KEY_ID")),

@@ -601,14 +601,7 @@ async fn airflow_wasb_and_google_connections_move_a_manifest() {
         )
         .await;
     }
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    let enc = uri_encode;
     let key = var("BARGE_TEST_AZ_KEY");
     let wasb = format!(
         "wasb://{}:{}@{}",

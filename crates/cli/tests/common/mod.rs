@@ -59,6 +59,17 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// `s` percent-encoded but for ASCII letters and digits, as a URI's user, password or query
+/// value (Airflow's connection URIs).
+pub fn uri_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A unique key prefix for one test.
 pub fn prefix(tag: &str) -> String {
     format!("it-{tag}-{}/", uuid::Uuid::new_v4().simple())
