@@ -541,22 +541,16 @@ impl ConnectionConfig {
 
     /// The settings given that this connection's kind does not use.
     fn settings_foreign_to_kind(&self) -> Vec<&'static str> {
-        let given = self.settings_given();
-        match self.kind() {
-            "local" => given,
-            "gcs" => given
-                .into_iter()
-                .filter(|k| !HTTP_SETTINGS.contains(k) && !GCS_SETTINGS.contains(k))
-                .collect(),
-            "azure" => given
-                .into_iter()
-                .filter(|k| !HTTP_SETTINGS.contains(k) && !AZURE_SETTINGS.contains(k))
-                .collect(),
-            _ => given
-                .into_iter()
-                .filter(|k| GCS_SETTINGS.contains(k) || AZURE_SETTINGS.contains(k))
-                .collect(),
-        }
+        let takes = |k: &str| match self.kind() {
+            "local" => false,
+            "gcs" => HTTP_SETTINGS.contains(&k) || GCS_SETTINGS.contains(&k),
+            "azure" => HTTP_SETTINGS.contains(&k) || AZURE_SETTINGS.contains(&k),
+            _ => !GCS_SETTINGS.contains(&k) && !AZURE_SETTINGS.contains(&k),
+        };
+        self.settings_given()
+            .into_iter()
+            .filter(|k| !takes(k))
+            .collect()
     }
 
     pub fn write_settings(&self) -> WriteSettings<'_> {

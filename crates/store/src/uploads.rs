@@ -18,20 +18,26 @@ pub(crate) fn passed_over(bucket: &str, name: &str) -> Option<SkippedEntry> {
     })
 }
 
-/// Open an upload: its opener at `at`, the attributes as JSON.
-pub(crate) async fn write_opener(
+/// Open an upload of `path`: a new upload id, and its opener (at the path `opener` gives it)
+/// holding the attributes as JSON.
+pub(crate) async fn open(
     store: &dyn Store,
-    at: &ObjectPath,
+    path: &ObjectPath,
     attrs: &ObjectAttrs,
-) -> Result<()> {
+    opener: fn(&UploadRef) -> ObjectPath,
+) -> Result<UploadRef> {
+    let up = UploadRef {
+        path: path.clone(),
+        upload_id: uuid::Uuid::new_v4().simple().to_string(),
+    };
     let body = Bytes::from(serde_json::to_vec(attrs).unwrap_or_default());
     let crc = crate::checksum::crc32c(&body);
     let json = ObjectAttrs {
         content_type: Some("application/json".into()),
         ..Default::default()
     };
-    store.put(at, body, &json, Some(crc)).await?;
-    Ok(())
+    store.put(&opener(&up), body, &json, Some(crc)).await?;
+    Ok(up)
 }
 
 /// The attributes the opener at `at` holds. No opener: the upload is gone (completed, aborted).

@@ -179,6 +179,12 @@ fn quoted(e: impl std::fmt::Display) -> String {
     }
 }
 
+/// An answer's ETag, quoted as S3's are.
+fn etag_of(h: &azure_core::http::headers::Headers) -> Option<String> {
+    h.get_optional_string(&azure_core::http::headers::ETAG)
+        .map(quoted)
+}
+
 fn system_time(t: Option<azure_core::time::OffsetDateTime>) -> Option<SystemTime> {
     t.map(SystemTime::from)
 }
@@ -387,15 +393,17 @@ impl AzureStore {
                 }
             }
             Some(status) => crate::http::status_error(&self.name, op, what, status, &code),
-            None if crate::tls::failure(&e).is_some() => StoreError::Permanent {
-                store: self.name.clone(),
-                op: op.to_string(),
-                detail: format!("{what}: {}", crate::tls::failure(&e).unwrap_or_default()),
-            },
-            None => StoreError::Transient {
-                store: self.name.clone(),
-                op: op.to_string(),
-                detail: format!("{what}: {}", scrub(&e.to_string())),
+            None => match crate::tls::failure(&e) {
+                Some(tls) => StoreError::Permanent {
+                    store: self.name.clone(),
+                    op: op.to_string(),
+                    detail: format!("{what}: {tls}"),
+                },
+                None => StoreError::Transient {
+                    store: self.name.clone(),
+                    op: op.to_string(),
+                    detail: format!("{what}: {}", scrub(&e.to_string())),
+                },
             },
         }
     }
@@ -458,10 +466,7 @@ impl AzureStore {
             .commit_block_list(content, Some(opts))
             .await
             .map_err(|e| self.map(e, "commit", &what))?;
-        let etag = resp
-            .headers()
-            .get_optional_string(&azure_core::http::headers::ETAG)
-            .map(quoted);
+        let etag = etag_of(resp.headers());
         Ok(PutReceipt {
             etag,
             version_id: None,
@@ -530,10 +535,7 @@ impl AzureStore {
                 .set_metadata(&HashMap::new(), Some(opts))
                 .await
                 .map_err(|e| self.map(e, "metadata", &what))?;
-            etag = r
-                .headers()
-                .get_optional_string(&azure_core::http::headers::ETAG)
-                .map(quoted);
+            etag = etag_of(r.headers());
         }
         let opts = BlobClientSetPropertiesOptions {
             blob_content_type: attrs.content_type.clone(),
@@ -548,34 +550,33 @@ impl AzureStore {
             .set_properties(Some(opts))
             .await
             .map_err(|e| self.map(e, "metadata", &what))?;
-        Ok(r.headers()
-            .get_optional_string(&azure_core::http::headers::ETAG)
-            .map(quoted))
+        Ok(etag_of(r.headers()))
     }
 
     /// Stage one block with its CRC64 (which the service checks). Azure keeps no CRC32C, so the
     /// one barge computed where it read the bytes is checked here first: bytes damaged in
     /// between are refused before they are sent.
+    /// Returns the bytes' CRC32C (computed once: checked against `crc32c` where given).
     async fn stage(
         &self,
         path: &ObjectPath,
         id: Vec<u8>,
         data: Bytes,
         crc32c: Option<u32>,
-    ) -> Result<()> {
-        if let Some(want) = crc32c {
-            let got = crate::checksum::crc32c(&data);
-            if got != want {
-                return Err(StoreError::Permanent {
-                    store: self.name.clone(),
-                    op: "upload of a block".into(),
-                    detail: format!(
-                        "{path}: the bytes' CRC32C is {} where {} was read: they were damaged in memory; nothing was written",
-                        crate::checksum::crc32c_b64(got),
-                        crate::checksum::crc32c_b64(want)
-                    ),
-                });
-            }
+    ) -> Result<u32> {
+        let got = crate::checksum::crc32c(&data);
+        if let Some(want) = crc32c
+            && got != want
+        {
+            return Err(StoreError::Permanent {
+                store: self.name.clone(),
+                op: "upload of a block".into(),
+                detail: format!(
+                    "{path}: the bytes' CRC32C is {} where {} was read: they were damaged in memory; nothing was written",
+                    crate::checksum::crc32c_b64(got),
+                    crate::checksum::crc32c_b64(want)
+                ),
+            });
         }
         let b = self.blob(path)?.block_blob_client();
         let opts = BlockBlobClientStageBlockOptions {
@@ -586,7 +587,7 @@ impl AzureStore {
         b.stage_block(&id, len, data.into(), Some(opts))
             .await
             .map_err(|e| self.map(e, "upload of a block", &path.to_string()))?;
-        Ok(())
+        Ok(got)
     }
 }
 
@@ -790,12 +791,7 @@ impl Store for AzureStore {
         attrs: &ObjectAttrs,
         _checksums: ChecksumMode,
     ) -> Result<UploadRef> {
-        let up = UploadRef {
-            path: path.clone(),
-            upload_id: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        crate::uploads::write_opener(self, &opener(&up), attrs).await?;
-        Ok(up)
+        crate::uploads::open(self, path, attrs, opener).await
     }
 
     async fn upload_part(
@@ -807,9 +803,7 @@ impl Store for AzureStore {
     ) -> Result<PartReceipt> {
         let id = block_id(&upload.upload_id, part.number);
         let len = data.len() as u64;
-        let crc = crc32c.unwrap_or_else(|| crate::checksum::crc32c(&data));
-        self.stage(&upload.path, id.clone(), data, Some(crc))
-            .await?;
+        let crc = self.stage(&upload.path, id.clone(), data, crc32c).await?;
         Ok(PartReceipt {
             number: part.number,
             etag: base64::engine::general_purpose::STANDARD.encode(&id),

@@ -732,12 +732,7 @@ impl Store for GcsStore {
         attrs: &ObjectAttrs,
         _checksums: ChecksumMode,
     ) -> Result<UploadRef> {
-        let up = UploadRef {
-            path: path.clone(),
-            upload_id: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        crate::uploads::write_opener(self, &opener(&up), attrs).await?;
-        Ok(up)
+        crate::uploads::open(self, path, attrs, opener).await
     }
 
     async fn upload_part(
